@@ -1,0 +1,53 @@
+"""What goes on the wire: the codec and the compressors behind ``compression.name``.
+
+``build(cfg)`` returns the :class:`~.base.Compressor` for a :class:`CompressionConfig`.
+Pass ``shapes`` (full-model ``{name: shape}``, in parameter order) whenever clients get
+sub-models: per-client state lives in full-model coordinates and the view alone does not
+tell the full shapes (a view may instead expose a ``full_shapes`` mapping).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .base import Compressor, Params, RoundContext, View
+from .codec import decode, decode_params, encode, encode_params, entropy_bound_bits
+from .dense import DenseCompressor
+from .dgc import DGCCompressor
+from .state import Shapes
+from .topk import TopKCompressor
+
+if TYPE_CHECKING:
+    from afd_cli.config import CompressionConfig
+
+NAMES = ("none", "fp16", "q8", "topk", "dgc")
+
+__all__ = [
+    "NAMES",
+    "Compressor",
+    "DGCCompressor",
+    "DenseCompressor",
+    "Params",
+    "RoundContext",
+    "TopKCompressor",
+    "View",
+    "build",
+    "decode",
+    "decode_params",
+    "encode",
+    "encode_params",
+    "entropy_bound_bits",
+]
+
+
+def build(cfg: CompressionConfig, shapes: Shapes | None = None, seed: int = 0) -> Compressor:
+    """The compressor named by ``cfg.name``; ``seed`` drives DGC's threshold sampling."""
+    if cfg.name == "none":
+        return DenseCompressor("none", "fp32", shapes)
+    if cfg.name in ("fp16", "q8"):
+        return DenseCompressor(cfg.name, cfg.name, shapes)
+    if cfg.name == "topk":
+        return TopKCompressor(cfg, shapes)
+    if cfg.name == "dgc":
+        return DGCCompressor(cfg, shapes, seed)
+    raise ValueError(f"compression.name={cfg.name!r}; choose one of: {', '.join(NAMES)}")

@@ -1,0 +1,95 @@
+"""Deep Gradient Compression (Lin et al., ICLR 2018) applied to client uploads (SPEC 5).
+
+Per client, per tensor of the update ``G`` (treated as the gradient):
+
+1. local clipping: the whole update is scaled to global L2 norm at most
+   ``clip_norm * N^-1/2`` (``N`` = clients in the round; off when ``clip_norm`` is None),
+   so that the sum of N clipped updates respects the global threshold;
+2. momentum correction: ``u = m*u + G; v = v + u`` (``momentum_correction=false``:
+   ``v = v + G``, plain residual accumulation);
+3. sparsification: the ``k = n(1-s)`` largest ``|v|``, threshold estimated from a random
+   sample of ``sample_ratio`` of the entries (see :func:`.sparsify.sampled_topk_indices`);
+4. momentum factor masking: where sent, ``v`` and ``u`` are zeroed (``momentum_masking=false``:
+   only ``v``), so stale momentum does not keep pushing sent coordinates;
+5. warm-up: ``s(r) = min(target, 1 - 4^-(r+1))`` for ``r < warmup_rounds``, then target.
+
+Tensors under ``dense_below`` entries go through the same steps but are sent whole.
+With ``values=fp16`` the fp16 rounding error of sent values stays in ``v`` instead of
+being zeroed, so nothing accumulated is ever lost.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from .base import Params, RoundContext
+from .sparsify import sampled_topk_indices, warmup_sparsity
+from .state import Shapes, np_view
+from .topk import TopKCompressor
+
+if TYPE_CHECKING:
+    from afd_cli.config import CompressionConfig
+
+
+class DGCCompressor(TopKCompressor):
+    """Top-k plus DGC's clipping, momentum correction/masking, sampling and warm-up."""
+
+    def __init__(self, cfg: CompressionConfig, shapes: Shapes | None = None, seed: int = 0):
+        self.buffers = ("u", "v") if cfg.momentum_correction else ("v",)
+        super().__init__(cfg, shapes)
+        self.generator = torch.Generator().manual_seed(seed)  # threshold sampling
+
+    def sparsity_at(self, round: int) -> float:
+        """Exponential warm-up, then the target sparsity."""
+        return warmup_sparsity(round, self.cfg.sparsity, self.cfg.warmup_rounds)
+
+    def _prepare(self, update: Params, ctx: RoundContext) -> Params:
+        """Local clipping of the whole update to ``clip_norm / sqrt(N)``."""
+        update = super()._prepare(update, ctx)
+        if self.cfg.clip_norm is None:
+            return update
+        limit = self.cfg.clip_norm / math.sqrt(max(1, ctx.clients_in_round))
+        norm = math.sqrt(sum(float(t.double().pow(2).sum()) for t in update.values()))
+        if norm <= limit:
+            return update
+        scale = limit / norm
+        return {n: t * scale for n, t in update.items()}
+
+    def _accumulate(self, bufs: dict[str, Params], name: str, g: torch.Tensor) -> torch.Tensor:
+        """Momentum correction ``u = m*u + G; v += u`` (or ``v += G`` without it)."""
+        if not self.cfg.momentum_correction:
+            return super()._accumulate(bufs, name, g)
+        u = bufs["u"][name].contiguous()
+        v = bufs["v"][name].contiguous()
+        u_np = np_view(u)
+        u_np *= np.float32(self.cfg.momentum)
+        u_np += np_view(g.reshape(u.shape))
+        v_np = np_view(v)
+        v_np += u_np
+        bufs["u"][name], bufs["v"][name] = u, v
+        return v
+
+    def _select(self, flat: torch.Tensor, k: int) -> torch.Tensor:
+        """Sampled-threshold top-k."""
+        return sampled_topk_indices(flat, k, self.cfg.sample_ratio, self.generator)
+
+    def _after_send(self, bufs: dict[str, Params], name: str, idx: torch.Tensor) -> None:
+        """Momentum factor masking: zero ``u`` where sent (``v`` is already emptied)."""
+        if self.cfg.momentum_correction and self.cfg.momentum_masking:
+            bufs["u"][name].view(-1)[idx] = 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Adds the sampling generator state, so a resumed run picks the same samples."""
+        state = super().state_dict()
+        state["generator"] = self.generator.get_state()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`state_dict`."""
+        super().load_state_dict(state)
+        if "generator" in state:
+            self.generator.set_state(state["generator"])

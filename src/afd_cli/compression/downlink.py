@@ -1,0 +1,88 @@
+"""Sparse server -> client deltas against what each client already holds.
+
+The server keeps, per client, a full-coordinate copy of the weights that client last
+received (NaN = never received). A download sends the top-k of ``current - copy`` per
+tensor; whatever is not sent stays in that difference, so the copy *is* the server-side
+residual (error feedback) -- a separate residual buffer would count it twice.
+
+Never-received entries are always sent (as absolute values); a tensor the client has never
+seen at all (first contact) goes dense fp32, and so do tensors below ``dense_below``
+(as a dense difference in the value format). In the simulation client and server share
+the one copy: ``encode`` only reads it, ``decode`` applies the payload to it and returns
+the client's weights in sub-model shape. So the copy always matches what the client has
+actually decoded, and each payload must be decoded exactly once, in order.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from . import codec
+from .base import Params, View
+from .sparsify import keep_count, topk_indices
+from .state import ClientStore, Shapes, np_view
+
+
+class SparseDownlink:
+    """Per-client copies plus the delta encoding against them."""
+
+    def __init__(self, values: str, dense_below: int, shapes: Shapes | None = None) -> None:
+        self.values = values
+        self.dense_below = dense_below
+        self.copies = ClientStore(("w",), shapes, fill=math.nan)
+        self.sent = 0  # entries sent since the last reset (for optional stats)
+        self.total = 0
+
+    def encode(self, client: int, weights: Params, view: View, sparsity: float) -> bytes:
+        """Sub-model ``weights`` -> payload of per-tensor deltas vs the client's copy."""
+        copy = self.copies.gather(client, view, weights)["w"]
+        records: list[codec.Record] = []
+        for name, w in weights.items():
+            w = w.detach().to("cpu", torch.float32).contiguous()
+            have = np_view(copy[name].contiguous()).ravel()
+            unknown = np.isnan(have)
+            n, n_unknown = w.numel(), int(unknown.sum())
+            self.total += n
+            if n_unknown == n:  # first contact with this tensor (or empty): whole, fp32
+                records.append(codec.Dense(w.clone(), "fp32"))
+                self.sent += n
+                continue
+            diff = np_view(w).ravel() - np.nan_to_num(have, nan=0.0)
+            if n < self.dense_below:
+                records.append(codec.Dense(torch.from_numpy(diff).reshape(w.shape), self.values))
+                self.sent += n
+                continue
+            score = np.abs(diff)
+            score[unknown] = np.inf  # must send what the client never had
+            k = max(keep_count(n, sparsity), n_unknown)
+            idx = topk_indices(torch.from_numpy(score), k)
+            vals = torch.from_numpy(diff[idx.numpy()])
+            records.append(codec.Sparse(tuple(w.shape), idx, vals, self.values))
+            self.sent += idx.numel()
+        return codec.encode(records)
+
+    def decode(self, client: int, payload: bytes, view: View, names: list[str]) -> Params:
+        """Apply a payload to the client's copy; returns the weights the client now has."""
+        records = codec.decode(payload)
+        if len(records) != len(names):
+            raise ValueError(f"payload has {len(records)} tensors, expected {len(names)}")
+        if client not in self.copies:
+            raise RuntimeError(f"client {client}: downlink payload decoded before encode")
+        copy = self.copies.extract(client, view)["w"]
+        out: Params = {}
+        for name, rec in zip(names, records, strict=True):
+            have = copy[name]
+            if isinstance(rec, codec.Dense) and bool(torch.isnan(have).all()):
+                new = rec.values.reshape(have.shape).clone()
+            else:
+                new = torch.nan_to_num(have, nan=0.0)
+                if isinstance(rec, codec.Dense):
+                    new += rec.values.reshape(have.shape)
+                else:
+                    new.view(-1)[rec.indices] += rec.values
+            out[name] = new
+        self.copies.scatter(client, view, "w", out)
+        return {name: t.clone() for name, t in out.items()}
