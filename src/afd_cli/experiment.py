@@ -1,0 +1,246 @@
+"""One experiment from a validated config: build the parts, run the rounds, write the outputs.
+
+Outputs in the run directory: ``metrics.csv`` (a row per round), ``partition.csv`` (per-client
+sizes and label histograms), ``checkpoint.pt`` (global model + strategy/compressor state, for
+resume), ``summary.json`` (written last: its presence marks a finished run).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import compression, data, models, strategies
+from .config import ConfigError, RootConfig
+from .federated.client import SequentialTrainer, evaluate
+from .federated.round import run_round
+from .metrics import MetricsWriter, RoundProgress, write_json_atomic
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device='cuda' but no CUDA GPU is visible; choose one of: auto, cpu")
+    return torch.device(name)
+
+
+def load_data(cfg: RootConfig) -> data.FederatedDataset:
+    """The dataset split is fixed (seed 0) so runs with different seeds share one test set."""
+    d = cfg.dataset
+    return data.load(
+        d.name,
+        Path(cfg.data_dir).expanduser(),
+        seed=0,
+        seq_len=d.seq_len,
+        stride=d.stride,
+        test_fraction=d.test_fraction,
+        max_test_samples=d.max_test_samples,
+    )
+
+
+def make_partition(cfg: RootConfig, ds: data.FederatedDataset) -> list[np.ndarray]:
+    p, s = cfg.partition, cfg.schedule
+    labels = ds.train.labels.cpu().numpy()
+    try:
+        parts = data.partition(
+            p.name,
+            labels,
+            s.num_clients,
+            cfg.seed,
+            alpha=p.alpha,
+            shards_per_client=p.shards_per_client,
+            groups=ds.groups,
+            min_samples=p.min_samples,
+            max_samples=p.max_samples,
+        )
+    except ValueError as e:
+        raise ConfigError(f"partition={p.name}: {e}") from None
+    if len(parts) < s.clients_per_round:
+        raise ConfigError(
+            f"schedule.clients_per_round={s.clients_per_round} is more than the "
+            f"{len(parts)} clients partition={p.name} produced; lower it or partition.min_samples"
+        )
+    return parts
+
+
+def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
+    """Run (or resume) the experiment in ``run_dir``; return the summary."""
+    t_start = time.perf_counter()
+    device = resolve_device(cfg.device)
+    ds = load_data(cfg)
+    parts = make_partition(cfg, ds)
+    data.partition_table(parts, ds.train.labels.cpu().numpy(), ds.num_classes).to_csv(
+        run_dir / "partition.csv", index=False
+    )
+    train, test = ds.train.to(device), ds.test.to(device)
+    part_tensors = [torch.as_tensor(p, dtype=torch.long, device=device) for p in parts]
+
+    torch.manual_seed(cfg.seed)
+    m = cfg.model
+    model = models.build(
+        m.name,
+        ds.input_shape,
+        ds.num_classes,
+        hidden=m.hidden,
+        embed_dim=m.embed_dim,
+        lstm_hidden=m.lstm_hidden,
+        lstm_layers=m.lstm_layers,
+    ).to(device)
+    weights = {k: p.data for k, p in model.named_parameters()}
+    full_size = models.num_params(model)
+    strategy = strategies.build(cfg.strategy, model, cfg.seed)
+    compressor = compression.build(
+        cfg.compression, shapes={k: tuple(w.shape) for k, w in weights.items()}, seed=cfg.seed
+    )
+    s = cfg.schedule
+    trainer = SequentialTrainer(
+        model,
+        train,
+        epochs=s.local_epochs,
+        batch_size=s.batch_size,
+        lr=s.lr,
+        momentum=s.momentum,
+        weight_decay=s.weight_decay,
+        device=device,
+    )
+
+    state = {
+        "round": 0,
+        "cum_down": 0,
+        "cum_up": 0,
+        "best_acc": None,
+        "best_round": None,
+        "last_acc": None,
+        "elapsed": 0.0,
+    }
+    ckpt_path = run_dir / CHECKPOINT
+    if cfg.resume and ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if ckpt["config"] != _comparable(cfg):
+            raise ConfigError(
+                f"{run_dir} holds a run with another config; use a new "
+                "hydra.run.dir or resume=false to start over"
+            )
+        with torch.no_grad():
+            for k, w in weights.items():
+                w.copy_(ckpt["weights"][k])
+        strategy.load_state_dict(ckpt["strategy"])
+        compressor.load_state_dict(ckpt["compressor"])
+        state = ckpt["state"]
+    writer = MetricsWriter(run_dir / "metrics.csv", keep_rounds=state["round"])
+    progress = RoundProgress(s.rounds, s.clients_per_round, cfg.progress, start=state["round"])
+    try:
+        for t in range(state["round"], s.rounds):
+            t0 = time.perf_counter()
+            r = run_round(
+                t,
+                weights,
+                seed=cfg.seed,
+                parts=part_tensors,
+                per_round=s.clients_per_round,
+                strategy=strategy,
+                compressor=compressor,
+                trainer=trainer,
+                full_size=full_size,
+                on_client_done=progress.client_done,
+            )
+            test_loss = test_acc = math.nan
+            if (t + 1) % s.eval_every == 0 or t + 1 == s.rounds:
+                test_loss, test_acc = evaluate(model, test, s.eval_batch_size)
+                state["last_acc"] = test_acc
+                if state["best_acc"] is None or test_acc > state["best_acc"]:
+                    state["best_acc"], state["best_round"] = test_acc, t + 1
+            state["cum_down"] += r.bytes_down
+            state["cum_up"] += r.bytes_up
+            state["round"] = t + 1
+            row = {
+                "round": t + 1,
+                "dataset": cfg.dataset.name,
+                "model": m.name,
+                "partition": cfg.partition.name,
+                "strategy": cfg.strategy.name,
+                "compression": cfg.compression.name,
+                "seed": cfg.seed,
+                "clients": len(r.clients),
+                "bytes_down": r.bytes_down,
+                "bytes_up": r.bytes_up,
+                "cum_bytes_down": state["cum_down"],
+                "cum_bytes_up": state["cum_up"],
+                "cum_bytes": state["cum_down"] + state["cum_up"],
+                "train_loss": r.train_loss,
+                "test_loss": test_loss,
+                "test_acc": test_acc,
+                "keep_fraction": r.keep_fraction,
+                "sparsity": r.compressor_stats.get("sparsity", 0.0),
+                "wall_s": time.perf_counter() - t0,
+                "train_s": r.train_s,
+            }
+            writer.write(row)
+            state["elapsed"] += row["wall_s"]
+            if state["round"] % cfg.checkpoint_every == 0 or state["round"] == s.rounds:
+                _save_checkpoint(ckpt_path, cfg, weights, strategy, compressor, state)
+            progress.round_done(row)
+    finally:
+        progress.close()
+        writer.close()
+
+    summary = {
+        "rounds": state["round"],
+        "final_acc": state["last_acc"],
+        "best_acc": state["best_acc"],
+        "best_round": state["best_round"],
+        "total_bytes_down": state["cum_down"],
+        "total_bytes_up": state["cum_up"],
+        "total_bytes": state["cum_down"] + state["cum_up"],
+        "train_wall_s": state["elapsed"],
+        "wall_s": time.perf_counter() - t_start,
+        "num_params": full_size,
+        "num_clients": len(parts),
+        "majority_baseline": majority_share(test.labels),
+        "compressor_state_bytes": compressor.state_nbytes(),
+        "device": str(device),
+        "config": asdict(cfg),
+    }
+    write_json_atomic(run_dir / "summary.json", summary)
+    return summary
+
+
+def majority_share(labels: torch.Tensor) -> float:
+    """Accuracy of always predicting the most common test label (the trivial baseline)."""
+    return float(torch.bincount(labels.cpu()).max()) / len(labels)
+
+
+def _comparable(cfg: RootConfig) -> dict[str, Any]:
+    """The parts of a config that must match for a resume to be the same run."""
+    d = asdict(cfg)
+    for k in ("progress", "resume", "data_dir", "device", "checkpoint_every"):
+        d.pop(k)
+    d["schedule"].pop("rounds")  # extending a finished run with more rounds is allowed
+    return d
+
+
+def _save_checkpoint(
+    path: Path, cfg: RootConfig, weights, strategy, compressor, state: dict[str, Any]
+) -> None:
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save(
+        {
+            "config": _comparable(cfg),
+            "weights": {k: w.cpu() for k, w in weights.items()},
+            "strategy": strategy.state_dict(),
+            "compressor": compressor.state_dict(),
+            "state": dict(state),
+        },
+        tmp,
+    )
+    os.replace(tmp, path)

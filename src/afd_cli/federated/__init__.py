@@ -1,0 +1,1 @@
+"""The federated simulation: round loop, local client training, aggregation."""

@@ -1,0 +1,43 @@
+"""Sample-weighted, mask-aware averaging of client updates (SPEC 1.3).
+
+Each parameter entry is averaged only over the clients whose sub-model contained it, with the
+weights n_k renormalised over those clients; entries no client trained keep their value. For
+full models this is exactly FedAvg's ``w + sum_k n_k/n * delta_k``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..submodel import View
+
+Params = dict[str, torch.Tensor]
+
+
+class MaskedMean:
+    """Accumulates ``sum n_k * delta_k`` and ``sum n_k`` per entry, then divides."""
+
+    def __init__(self, like: Params):
+        self.num = {k: torch.zeros_like(v) for k, v in like.items()}
+        self.den: dict[str, torch.Tensor] | None = None  # per entry; None while all full
+        self.total = 0.0
+        self._like = like
+
+    def add(self, view: View, update: Params, weight: float) -> None:
+        view.add_(self.num, update, alpha=weight)
+        if view.is_full and self.den is None:
+            self.total += weight
+            return
+        if self.den is None:  # first partial update: materialise the per-entry weights so far
+            self.den = {k: torch.full_like(v, self.total) for k, v in self._like.items()}
+        view.add_(self.den, {k: torch.ones_like(v) for k, v in update.items()}, alpha=weight)
+
+    def apply_(self, weights: Params) -> None:
+        """``weights += mean update``, in place; untouched entries stay as they are."""
+        for k, w in weights.items():
+            if self.den is None:
+                if self.total > 0:
+                    w.add_(self.num[k], alpha=1.0 / self.total)
+            else:
+                den = self.den[k]
+                w.add_(torch.where(den > 0, self.num[k] / den.clamp_min(1e-12), 0.0))

@@ -1,0 +1,91 @@
+"""The round loop: sample -> send -> train locally -> receive -> aggregate -> observe.
+
+It knows nothing about how sub-models are chosen (a :class:`Strategy`), what goes on the wire
+(a :class:`Compressor`) or how clients are trained (a trainer with ``train(jobs)``; the
+sequential one can be swapped for a batched GPU engine). Every random draw is seeded from
+``(seed, round, ...)`` so a run resumed at round ``t`` continues exactly as it would have.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..compression.base import Compressor, RoundContext
+from ..strategies.base import Strategy
+from .aggregate import MaskedMean
+from .client import LocalJob, LocalResult
+
+Params = dict[str, torch.Tensor]
+
+
+@dataclass
+class RoundResult:
+    clients: list[int]
+    bytes_down: int
+    bytes_up: int
+    train_loss: float  # sample-weighted mean of the clients' local training losses
+    keep_fraction: float  # parameters sent / full-model parameters, averaged over clients
+    compressor_stats: dict[str, float]
+    train_s: float  # seconds inside local training (the rest is codec + aggregation)
+
+
+def sample_clients(seed: int, round: int, num_clients: int, per_round: int) -> list[int]:
+    """Uniform sampling without replacement, a pure function of (seed, round)."""
+    rng = np.random.default_rng([seed, round, 0x5A])
+    return sorted(rng.choice(num_clients, size=per_round, replace=False).tolist())
+
+
+def client_seed(seed: int, round: int, client: int) -> int:
+    return int(np.random.default_rng([seed, round, client, 0xC1]).integers(2**62))
+
+
+def run_round(
+    round: int,
+    weights: Params,
+    *,
+    seed: int,
+    parts: list[torch.Tensor],
+    per_round: int,
+    strategy: Strategy,
+    compressor: Compressor,
+    trainer,
+    full_size: int,
+    on_client_done=None,
+) -> RoundResult:
+    """Run one round in place on ``weights`` (the global model) and report what it cost."""
+    clients = sample_clients(seed, round, len(parts), per_round)
+    views = strategy.select(round, clients)
+    ctx = RoundContext(round, len(clients))
+
+    jobs, bytes_down = [], 0
+    for cid, view in zip(clients, views, strict=True):
+        payload = compressor.encode_down(cid, view.extract(weights), view)
+        bytes_down += len(payload)
+        start = compressor.decode_down(cid, payload, view)
+        jobs.append(LocalJob(cid, view.units, start, parts[cid], client_seed(seed, round, cid)))
+
+    results: list[LocalResult] = trainer.train(jobs, on_client_done)
+
+    mean, bytes_up = MaskedMean(weights), 0
+    for job, view, res in zip(jobs, views, results, strict=True):
+        update = {k: res.weights[k] - job.weights[k] for k in job.weights}
+        payload = compressor.encode_up(job.client, update, view, ctx)
+        bytes_up += len(payload)
+        mean.add(view, compressor.decode_up(job.client, payload, view), res.num_samples)
+    mean.apply_(weights)
+
+    losses = [r.loss for r in results]
+    sizes = [r.num_samples for r in results]
+    strategy.observe(round, clients, losses, sizes)
+    return RoundResult(
+        clients=clients,
+        bytes_down=bytes_down,
+        bytes_up=bytes_up,
+        train_loss=float(np.average(losses, weights=sizes)),
+        keep_fraction=float(np.mean([v.num_kept(weights) for v in views])) / full_size,
+        compressor_stats=compressor.end_round(),
+        train_s=sum(r.seconds for r in results),
+    )

@@ -1,0 +1,131 @@
+"""Per-round CSV rows, the end-of-run summary, and the progress display.
+
+``metrics.csv`` is appended and flushed once per round, so a crashed or interrupted run keeps
+every finished round; on resume the rows past the checkpoint are dropped first, so the file
+never holds a round twice. Timing columns (``wall_s``, ``train_s``) are the only ones that
+differ between two runs with the same seed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+COLUMNS = [
+    "round",
+    "dataset",
+    "model",
+    "partition",
+    "strategy",
+    "compression",
+    "seed",
+    "clients",
+    "bytes_down",
+    "bytes_up",
+    "cum_bytes_down",
+    "cum_bytes_up",
+    "cum_bytes",
+    "train_loss",
+    "test_loss",
+    "test_acc",
+    "keep_fraction",
+    "sparsity",
+    "wall_s",
+    "train_s",
+]
+TIMING_COLUMNS = ("wall_s", "train_s")
+
+
+class MetricsWriter:
+    """Appends one row per round to ``metrics.csv``; truncates to ``keep_rounds`` on resume."""
+
+    def __init__(self, path: Path, keep_rounds: int = 0):
+        self.path = path
+        rows: list[dict[str, str]] = []
+        if keep_rounds and path.exists():
+            with path.open(newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["round"]) <= keep_rounds]
+        tmp = path.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=COLUMNS)
+            w.writeheader()
+            w.writerows(rows)
+        os.replace(tmp, path)
+        self._file = path.open("a", newline="")
+        self._writer = csv.DictWriter(self._file, fieldnames=COLUMNS)
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._writer.writerow({k: _fmt(row.get(k)) for k in COLUMNS})
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _fmt(v: Any) -> Any:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return v
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+class RoundProgress:
+    """A rich bar for rounds and clients on a terminal; one plain line per round otherwise."""
+
+    def __init__(
+        self, total_rounds: int, clients_per_round: int, mode: str = "auto", start: int = 0
+    ):
+        if mode == "auto":
+            mode = "rich" if sys.stdout.isatty() else "plain"
+        self.mode = mode
+        self.total = total_rounds
+        self.console = Console(stderr=False)
+        if mode == "rich":
+            self._p = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeElapsedColumn(),
+                console=self.console,
+            )
+            self._rounds = self._p.add_task("rounds", total=total_rounds, completed=start, info="")
+            self._clients = self._p.add_task("clients", total=clients_per_round, info="")
+            self._p.start()
+
+    def client_done(self) -> None:
+        if self.mode == "rich":
+            self._p.advance(self._clients)
+
+    def round_done(self, row: dict[str, Any]) -> None:
+        acc = row.get("test_acc")
+        acc_s = "" if acc is None or acc != acc else f"acc {acc:.4f} "
+        mb = row["cum_bytes"] / 1e6
+        line = (
+            f"round {row['round']}/{self.total} {acc_s}loss {row['train_loss']:.4f} "
+            f"{mb:,.1f} MB {row['wall_s']:.1f}s"
+        )
+        if self.mode == "rich":
+            self._p.update(self._rounds, advance=1, info=f"{acc_s}{mb:,.1f} MB")
+            self._p.reset(self._clients)
+        elif self.mode == "plain":
+            print(line, flush=True)
+
+    def close(self) -> None:
+        if self.mode == "rich":
+            self._p.stop()

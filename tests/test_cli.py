@@ -1,0 +1,121 @@
+"""The command line: bad input gives one line and exit 2; a run writes tidy, reproducible CSVs."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from afd_cli import cli, models
+from afd_cli.compression import encode_params
+from afd_cli.config import ConfigError
+from afd_cli.metrics import COLUMNS, TIMING_COLUMNS
+
+AFD = [sys.executable, "-m", "afd_cli.cli"]
+SMALL = [
+    "dataset=digits",
+    "model=mlp",
+    "schedule.num_clients=10",
+    "schedule.clients_per_round=3",
+    "progress=plain",
+]
+
+BAD = {
+    "strategy=foo": "strategy='foo' is not valid; choose one of: fd, fedavg, multi, single",
+    "dataset=cifar10": "choose one of: digits, fashion_mnist, mnist, mnist5k, shakespeare",
+    "model=resnet": "model='resnet' is not valid",
+    "compression=zip": "compression='zip' is not valid",
+    "schedule.rounds=0": "schedule.rounds=0 is out of range",
+    "schedule.lr=abc": "could not be converted to Float",
+    "partition.alpha=0": "partition.alpha=0.0 is out of range; expected a number > 0",
+    "schedule.clients_per_round=200": "expected <= schedule.num_clients (100)",
+    "strategy.rate=1.5": "strategy.rate=1.5 is out of range; expected a number in [0, 1)",
+    "foo=1": "unknown config key 'foo'; valid keys: dataset,",
+    "schedule.epochs=3": "unknown config key 'schedule.epochs'; valid keys of schedule: rounds,",
+    "model=char_lstm": "model='char_lstm' does not fit dataset='mnist'",
+    "partition=natural": "partition=natural needs a dataset with natural clients",
+    "device=tpu": "device='tpu' is not valid; choose one of: auto, cpu, cuda",
+    "seed=x": "could not be converted to Integer",
+    "compression.sparsity=1": "compression.sparsity=1.0 is out of range",
+    "schedule.momentum=1.5": "schedule.momentum=1.5 is out of range",
+}
+
+
+@pytest.mark.parametrize("override,message", BAD.items())
+def test_bad_override_is_one_clear_line(override, message):
+    with pytest.raises(ConfigError) as e:
+        cli.check([override])
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_bad_override_exits_2_with_one_line_and_no_run_dir(tmp_path):
+    p = subprocess.run(
+        [*AFD, "run", "strategy.rate=2", f"hydra.run.dir={tmp_path / 'r'}"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert p.returncode == 2
+    assert p.stderr.strip().count("\n") == 0 and "strategy.rate=2.0" in p.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_missing_dataset_names_the_fetch_command(tmp_path):
+    with pytest.raises(ConfigError, match="afd data fetch mnist5k"):
+        cli.check(["dataset=mnist5k", f"data_dir={tmp_path}"])
+
+
+def test_sweep_validates_every_job():
+    assert len(cli.expand_sweep(["strategy=fedavg,fd", "seed=0,1,2"])) == 6
+    with pytest.raises(ConfigError, match="strategy.rate=1.2"):
+        for job in cli.expand_sweep(["strategy.rate=0.5,1.2"]):
+            cli.check(job)
+
+
+def _run(tmp_path: Path, name: str, *extra: str) -> pd.DataFrame:
+    out = tmp_path / name
+    p = subprocess.run(
+        [*AFD, "run", *SMALL, *extra, f"hydra.run.dir={out}"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert p.returncode == 0, p.stderr
+    return pd.read_csv(out / "metrics.csv")
+
+
+def test_run_writes_metrics_with_exact_bytes_and_is_reproducible(tmp_path):
+    a = _run(tmp_path, "a", "schedule.rounds=3")
+    b = _run(tmp_path, "b", "schedule.rounds=3")
+    assert list(a.columns) == COLUMNS and len(a) == 3
+    keep = [c for c in COLUMNS if c not in TIMING_COLUMNS]
+    pd.testing.assert_frame_equal(a[keep], b[keep])
+    # bytes on the wire = clients x the encoded full model, both directions (dense fp32)
+    m = models.build("mlp", (1, 8, 8), 10)
+    size = len(encode_params({k: torch.zeros_like(v) for k, v in m.named_parameters()}))
+    assert (a.bytes_down == 3 * size).all() and (a.bytes_up == 3 * size).all()
+    assert a.cum_bytes.iloc[-1] == 2 * 3 * 3 * size
+    assert a.test_acc.notna().all() and (a.keep_fraction == 1).all()
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert summary["total_bytes"] == a.cum_bytes.iloc[-1] and summary["rounds"] == 3
+    assert (tmp_path / "a" / "partition.csv").exists()
+    assert (tmp_path / "a" / ".hydra" / "config.yaml").exists()
+
+
+def test_resume_continues_exactly_where_it_stopped(tmp_path):
+    straight = _run(tmp_path, "s", "schedule.rounds=4")
+    _run(tmp_path, "r", "schedule.rounds=2")
+    p = subprocess.run(
+        [*AFD, "resume", str(tmp_path / "r"), "schedule.rounds=4"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert p.returncode == 0, p.stderr
+    resumed = pd.read_csv(tmp_path / "r" / "metrics.csv")
+    keep = [c for c in COLUMNS if c not in TIMING_COLUMNS]
+    pd.testing.assert_frame_equal(straight[keep], resumed[keep])
