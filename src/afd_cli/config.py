@@ -103,6 +103,7 @@ class RootConfig:
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     seed: int = 0
     device: str = "auto"
+    threads: int | None = None  # torch CPU threads; null = torch's default (all cores)
     data_dir: str = "~/.cache/afd-cli"
     progress: str = "auto"  # auto | rich | plain | none
     resume: bool = True  # continue a run dir that has a checkpoint instead of starting over
@@ -220,6 +221,7 @@ def validate(cfg: DictConfig) -> RootConfig:
         0 < z.sample_ratio <= 1, "compression.sample_ratio", z.sample_ratio, "a number in (0, 1]"
     )
     _check(z.dense_below >= 0, "compression.dense_below", z.dense_below, "an integer >= 0")
+    _check(c.threads is None or c.threads >= 1, "threads", c.threads, "null or an integer >= 1")
     _check(c.checkpoint_every >= 1, "checkpoint_every", c.checkpoint_every, "an integer >= 1")
 
     text_data, text_model = d.name in TEXT_DATASETS, m.name in TEXT_MODELS

@@ -76,6 +76,8 @@ def make_partition(cfg: RootConfig, ds: data.FederatedDataset) -> list[np.ndarra
 def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
     """Run (or resume) the experiment in ``run_dir``; return the summary."""
     t_start = time.perf_counter()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     ds = load_data(cfg)
     parts = make_partition(cfg, ds)
@@ -223,7 +225,7 @@ def majority_share(labels: torch.Tensor) -> float:
 def _comparable(cfg: RootConfig) -> dict[str, Any]:
     """The parts of a config that must match for a resume to be the same run."""
     d = asdict(cfg)
-    for k in ("progress", "resume", "data_dir", "device", "checkpoint_every"):
+    for k in ("progress", "resume", "data_dir", "device", "threads", "checkpoint_every"):
         d.pop(k)
     d["schedule"].pop("rounds")  # extending a finished run with more rounds is allowed
     return d
