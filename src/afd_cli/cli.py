@@ -23,8 +23,28 @@ from .config import ConfigError, RootConfig, register_schema, validate
 CONF_DIR = Path(os.environ.get("AFD_CONF_DIR", Path(__file__).resolve().parents[2] / "conf"))
 EXAMPLES = """Examples:\n
   afd run strategy=single schedule.rounds=50\n
-  afd run dataset=shakespeare model=char_lstm partition=natural\n
+  afd run dataset=shakespeare schedule.rounds=3\n
   afd run -m strategy=fedavg,fd,multi,single compression=none,dgc seed=0,1,2"""
+
+
+def _groups_help() -> str:
+    """Config groups and their options, read from conf/ so the help never goes stale."""
+    lines = ["Config groups (pick with group=option; keys with group.key=value):\n"]
+    for group in (
+        "dataset",
+        "partition",
+        "model",
+        "strategy",
+        "compression",
+        "schedule",
+        "experiment",
+    ):
+        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        lines.append(f"  {group}: {', '.join(options)}\n")
+    lines.append("  top level: seed, device, threads, data_dir, progress, resume\n")
+    lines.append("All keys with their values: afd config show [OVERRIDES...]")
+    return "\n".join(lines)
+
 
 register_schema()
 app = typer.Typer(
@@ -149,7 +169,7 @@ def _hydra_task(cfg: DictConfig) -> None:
         if not multirun:
             err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
             raise SystemExit(1) from None
-        err.print(f"[bold red]job failed:[/] {run_dir}: {message}", highlight=False)
+        err.print(f"[bold red]job failed:[/] {run_dir}: {message}", highlight=False, soft_wrap=True)
 
 
 def _launch(overrides: list[str], multirun: bool) -> None:
@@ -168,7 +188,8 @@ def _launch(overrides: list[str], multirun: bool) -> None:
 
 
 @app.command(
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, epilog=EXAMPLES
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    epilog=f"{EXAMPLES}\n\n{_groups_help()}",
 )
 def run(
     overrides: list[str] = typer.Argument(
@@ -188,19 +209,34 @@ def run(
             check(job)
     except ConfigError as e:
         fail(str(e))
-    _launch(overrides, multirun)
+    sweep_dir = None
     if multirun:
-        _report_sweep_failures()
+        overrides, sweep_dir = _pin_sweep_dir(overrides, jobs[0])
+    _launch(overrides, multirun)
+    if sweep_dir is not None:
+        _report_sweep_failures(sweep_dir)
 
 
-def _report_sweep_failures() -> None:
+def _pin_sweep_dir(overrides: list[str], job: list[str]) -> tuple[list[str], Path]:
+    """Resolve ``hydra.sweep.dir`` (its ``${now:...}`` too) before launching and pass it on.
+
+    Launchers that run jobs in other processes (joblib, submitit, ray) leave no HydraConfig
+    behind in this one, so the sweep directory must be known here to report failed jobs.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        cfg = hydra_compose("config", overrides=job, return_hydra_config=True)
+    sweep_dir = str(cfg.hydra.sweep.dir)
+    if any(o.split("=", 1)[0].lstrip("+~") == "hydra.sweep.dir" for o in overrides):
+        return overrides, Path(sweep_dir)
+    quoted = "'" + sweep_dir.replace("'", "\\'") + "'"
+    return [*overrides, f"hydra.sweep.dir={quoted}"], Path(sweep_dir)
+
+
+def _report_sweep_failures(sweep_dir: Path) -> None:
     """After a sweep: list failed jobs and exit non-zero if any (the others still ran)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    try:
-        sweep_dir = Path(HydraConfig.get().sweep.dir)
-    except ValueError:
-        return
     failed = []
     for status in sweep_dir.glob("*/status.json"):
         s = json.loads(status.read_text())
@@ -208,7 +244,7 @@ def _report_sweep_failures() -> None:
             failed.append((status.parent, s.get("error", s.get("status"))))
     if failed:
         for path, msg in failed:
-            err.print(f"[bold red]failed:[/] {path}: {msg}", highlight=False)
+            err.print(f"[bold red]failed:[/] {path}: {msg}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 
 
@@ -231,6 +267,37 @@ def resume(
     except ConfigError as e:
         fail(str(e))
     _launch([*merged, f"hydra.run.dir={run_dir}", "resume=true"], multirun=False)
+
+
+@app.command()
+def report(
+    paths: list[Path] = typer.Argument(
+        ..., help="Run directories, sweep directories (searched recursively), or several."
+    ),
+    out: Path = typer.Option(
+        None, "--out", "-o", help="Output directory (default: the PATH if one, else ./report)."
+    ),
+    target: float = typer.Option(
+        None,
+        "--target",
+        help="Accuracy to reach, e.g. 0.97 (default: 99% of the best fedavg+none accuracy).",
+    ),
+) -> None:
+    """Compare runs over seeds: summary.csv, report.md and accuracy plots (vs round, vs MB)."""
+    from . import report as rep
+
+    try:
+        result = rep.build(
+            paths,
+            target,
+            warn=lambda m: err.print(f"[yellow]warning:[/] {m}", highlight=False, soft_wrap=True),
+        )
+    except rep.ReportError as e:
+        fail(str(e))
+    out_dir = out or (paths[0] if len(paths) == 1 and paths[0].is_dir() else Path("report"))
+    files = rep.write(result, out_dir)
+    Console(width=None if sys.stdout.isatty() else 160).print(rep.rich_table(result))
+    typer.echo("wrote: " + ", ".join(str(f) for f in files.values()))
 
 
 @config_app.command(

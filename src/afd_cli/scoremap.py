@@ -23,8 +23,9 @@ Choices where the paper is vague (each one a config option or documented here):
 
 * the very first ``update`` has no previous loss: it only records ``l`` and counts as
   "not improved", so ``A`` is redrawn (with all scores still 0 that redraw is uniform).
-* ``explore`` (default 0 = paper): that share of each layer's budget is always drawn
-  uniformly, whatever the scores. Without it the literal rule freezes: once one improvement
+* ``explore`` (0 = paper; ``conf/strategy/{multi,single}.yaml`` ship 0.2): that share of
+  each layer's budget is always drawn uniformly on a redraw, whatever the scores. Without
+  it the literal rule freezes: once one improvement
   has given the whole of ``A`` a non-zero score, every redraw draws exactly ``A`` again,
   because the number of scored units equals the budget.
 * ``score_init`` (default 0 = paper): the initial score of every unit. A positive value

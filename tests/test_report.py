@@ -1,0 +1,230 @@
+"""`afd report`: grouping over seeds, MB to target, reduction, errors, plots (no training)."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from afd_cli import report as rep
+from afd_cli.metrics import COLUMNS
+
+AFD = [sys.executable, "-m", "afd_cli.cli"]
+MB = 1_000_000
+
+
+def fake_run(
+    root,
+    name,
+    *,
+    strategy="fedavg",
+    compression="none",
+    seed=0,
+    accs,
+    mb_round,
+    dataset="digits",
+    extra=None,
+    summary=True,
+):
+    """A run dir with metrics.csv (accs per round, mb_round MB up and down each round)."""
+    d = root / name
+    (d / ".hydra").mkdir(parents=True)
+    rows = []
+    for i, acc in enumerate(accs, start=1):
+        half = mb_round * MB // 2
+        rows.append(
+            {
+                "round": i,
+                "dataset": dataset,
+                "model": "mlp",
+                "partition": "iid",
+                "strategy": strategy,
+                "compression": compression,
+                "seed": seed,
+                "clients": 5,
+                "bytes_down": half,
+                "bytes_up": half,
+                "cum_bytes_down": half * i,
+                "cum_bytes_up": half * i,
+                "cum_bytes": 2 * half * i,
+                "train_loss": 1.0,
+                "test_loss": 1.0,
+                "test_acc": acc,
+                "keep_fraction": 1.0,
+                "sparsity": 0.0,
+                "wall_s": 0.1,
+                "train_s": 0.1,
+            }
+        )
+    pd.DataFrame(rows, columns=COLUMNS).to_csv(d / "metrics.csv", index=False)
+    config = {
+        "dataset": {"name": dataset},
+        "model": {"name": "mlp", "hidden": 200},
+        "partition": {"name": "iid"},
+        "strategy": {"name": strategy, "rate": 0.0 if strategy == "fedavg" else 0.25},
+        "compression": {"name": compression},
+        "schedule": {"rounds": len(accs), "lr": 0.05},
+        "seed": seed,
+        "device": "cpu",
+    }
+    for key, value in (extra or {}).items():
+        group, _, leaf = key.partition(".")
+        config[group][leaf] = value
+    if summary:
+        (d / "summary.json").write_text(json.dumps({"config": config}))
+    else:
+        import yaml
+
+        (d / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    return d
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    """fedavg+none (10 MB/round) and single+dgc (2 MB/round), three seeds each."""
+    root = tmp_path / "sweep"
+    base = [[0.5, 0.8, 0.90, 0.95], [0.5, 0.8, 0.95, 0.93], [0.5, 0.7, 0.88, 0.94]]
+    small = [[0.4, 0.6, 0.85, 0.90], [0.4, 0.7, 0.80, 0.935], [0.4, 0.6, 0.70, 0.80]]
+    for s in range(3):
+        fake_run(root, f"f{s}", seed=s, accs=base[s], mb_round=10, summary=s != 2)
+        fake_run(
+            root, f"s{s}", strategy="single", compression="dgc", seed=s, accs=small[s], mb_round=2
+        )
+    return root
+
+
+def row(summary, strategy, compression):
+    s = summary[(summary.strategy == strategy) & (summary.compression == compression)]
+    assert len(s) == 1
+    return s.iloc[0]
+
+
+def test_groups_over_seeds_with_mean_and_std(sweep):
+    r = rep.build([sweep])
+    s = r.summary
+    assert len(s) == 2 and list(s.seeds) == [3, 3]
+    assert r.keys == list(rep.CORE_KEYS)  # strategy.rate differs only across strategies
+    f = row(s, "fedavg", "none")
+    assert f.final_acc_mean == pytest.approx(0.94)
+    assert f.final_acc_std == pytest.approx(0.01)
+    assert f.best_acc_mean == pytest.approx((0.95 + 0.95 + 0.94) / 3)
+    assert f.mb_up_mean == pytest.approx(20) and f.mb_down_mean == pytest.approx(20)
+    assert f.seed_list == "0 1 2"
+
+
+def test_target_is_99_percent_of_fedavg_best_and_mb_to_target(sweep):
+    s = rep.build([sweep]).summary
+    f, d = row(s, "fedavg", "none"), row(s, "single", "dgc")
+    # best of the seed-averaged fedavg curve: round 4, (0.95 + 0.93 + 0.94) / 3 = 0.94
+    assert f.target_acc == pytest.approx(0.99 * 0.94)  # 0.9306
+    assert d.target_acc == f.target_acc
+    # fedavg reaches 0.9306 at rounds 4, 3, 4 -> 40, 30, 40 MB
+    assert f.reached == 3
+    assert f.rounds_to_target_mean == pytest.approx(11 / 3)
+    assert f.mb_to_target_mean == pytest.approx(110 / 3)
+    # single+dgc: only seed 1 reaches it (round 4, 8 MB)
+    assert d.reached == 1 and d.mb_to_target_mean == pytest.approx(8)
+
+
+def test_reduction_factor_against_fedavg_none(sweep, tmp_path):
+    s = rep.build([sweep]).summary
+    assert row(s, "fedavg", "none").reduction == pytest.approx(1.0)
+    d = row(s, "single", "dgc")  # not every seed reached the target: total MB, 40 / 8
+    assert d.reduction == pytest.approx(5.0) and d.reduction_basis == "total"
+    s = rep.build([sweep], target=0.8).summary  # every seed reaches 0.8
+    f, d = row(s, "fedavg", "none"), row(s, "single", "dgc")
+    assert f.mb_to_target_mean == pytest.approx((20 + 20 + 30) / 3)
+    assert d.mb_to_target_mean == pytest.approx((6 + 6 + 8) / 3)
+    assert d.reduction == pytest.approx(f.mb_to_target_mean / d.mb_to_target_mean)
+    assert d.reduction_basis == "to target"
+
+
+def test_not_reached_is_shown(sweep):
+    r = rep.build([sweep], target=0.99)
+    header, rows = rep.table_rows(r)
+    col = header.index("MB to target")
+    assert all(line[col] == "not reached" for line in rows)
+    assert "not reached" in rep.markdown(r)
+
+
+def test_extra_differing_key_becomes_a_group(tmp_path):
+    root = tmp_path / "rates"
+    for s in range(2):
+        fake_run(root, f"f{s}", seed=s, accs=[0.5, 0.9], mb_round=10)
+        for rate in (0.25, 0.5):
+            fake_run(
+                root,
+                f"r{rate}_{s}",
+                strategy="fd",
+                seed=s,
+                accs=[0.4, 0.8],
+                mb_round=5,
+                extra={"strategy.rate": rate},
+            )
+    r = rep.build([root])
+    assert r.keys == [*rep.CORE_KEYS, "strategy.rate"]
+    assert len(r.summary) == 3
+    fd = r.summary[r.summary.strategy == "fd"]
+    assert sorted(fd["strategy.rate"]) == [0.25, 0.5]
+    assert set(fd.reduction) == {2.0}  # matched to the one fedavg+none baseline
+
+
+def test_writes_csv_markdown_and_plots(sweep, tmp_path):
+    out = tmp_path / "out"
+    files = rep.write(rep.build([sweep]), out)
+    for name in ("summary.csv", "report.md", "all_metrics.csv", *rep.PLOTS):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "accuracy_vs_mb.png").read_bytes()[:4] == b"\x89PNG"
+    md = (out / "report.md").read_text()
+    assert "| fedavg | none |" in md.replace("| digits | mlp | iid ", "")
+    assert "accuracy_vs_round.png" in md
+    assert len(pd.read_csv(files["summary"])) == 2
+
+
+def test_empty_directory_is_an_error(tmp_path):
+    with pytest.raises(rep.ReportError, match="no runs"):
+        rep.build([tmp_path])
+
+
+def test_truncated_csv_is_skipped_with_a_warning_or_an_error_alone(sweep):
+    bad = sweep / "s2" / "metrics.csv"
+    bad.write_bytes(bad.read_bytes()[:-25])
+    warned = []
+    r = rep.build([sweep], warn=warned.append)
+    assert len(r.runs) == 5
+    assert any(str(bad) in w and "truncated" in w for w in warned)
+    with pytest.raises(rep.ReportError, match="no usable metrics.csv.*s2.*truncated"):
+        rep.build([sweep / "s2"])
+
+
+def test_corrupt_values_are_reported(tmp_path):
+    d = fake_run(tmp_path, "a", accs=[0.5, 0.6], mb_round=1)
+    text = (d / "metrics.csv").read_text().replace("0.6", "zz")
+    (d / "metrics.csv").write_text(text)
+    with pytest.raises(rep.ReportError, match="non-number 'zz'"):
+        rep.build([d])
+
+
+def test_mixed_datasets_are_an_error_naming_them(tmp_path):
+    fake_run(tmp_path, "a", accs=[0.5], mb_round=1)
+    fake_run(tmp_path, "b", accs=[0.5], mb_round=1, dataset="mnist")
+    with pytest.raises(rep.ReportError, match=r"mix datasets: digits \(1 run\), mnist \(1 run\)"):
+        rep.build([tmp_path / "a", tmp_path / "b"])
+
+
+def test_cli_errors_are_one_line_without_traceback(tmp_path):
+    (tmp_path / "empty").mkdir()
+    p = subprocess.run([*AFD, "report", str(tmp_path / "empty")], capture_output=True, text=True)
+    assert p.returncode == 2
+    assert p.stderr.startswith("error: no runs") and "Traceback" not in p.stderr
+
+
+def test_cli_writes_into_the_single_directory(sweep):
+    p = subprocess.run([*AFD, "report", str(sweep)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert (sweep / "summary.csv").exists() and (sweep / "accuracy_vs_round.png").exists()
+    assert "fedavg" in p.stdout and not math.isnan(
+        pd.read_csv(sweep / "summary.csv").final_acc_mean.iloc[0]
+    )
