@@ -60,62 +60,19 @@ def _config(strategy: str = "fedavg", compression: str = "none", device: str = "
 
 
 class Setup:
-    """Everything ``experiment.run`` builds, for one model, without the outputs."""
+    """``experiment.build``'s simulation, plus the bare loop's batches of the same round."""
 
     def __init__(self, cfg, ds=None):
-        from . import compression, models, strategies
-        from .experiment import load_data, make_partition, resolve_device
-        from .federated.client import SequentialTrainer
+        from .experiment import build
 
-        self.cfg = cfg
-        self.device = resolve_device(cfg.device)
-        self.ds = ds if ds is not None else load_data(cfg)
-        parts = make_partition(cfg, self.ds)
-        self.train = self.ds.train.to(self.device)
-        self.parts = [torch.as_tensor(p, dtype=torch.long, device=self.device) for p in parts]
-        torch.manual_seed(cfg.seed)
-        self.model = self.new_model()
-        self.weights = {k: p.data for k, p in self.model.named_parameters()}
-        self.full_size = models.num_params(self.model)
-        self.strategy = strategies.build(cfg.strategy, self.model, cfg.seed)
-        self.compressor = compression.build(
-            cfg.compression,
-            shapes={k: tuple(w.shape) for k, w in self.weights.items()},
-            seed=cfg.seed,
+        self.sim = build(cfg, ds)
+        self.cfg, self.device, self.ds = cfg, self.sim.device, self.sim.ds
+        self.train, self.parts, self.full_size = (
+            self.sim.train,
+            self.sim.part_tensors,
+            self.sim.full_size,
         )
-        s = cfg.schedule
-        self.trainer = SequentialTrainer(
-            self.model,
-            self.train,
-            epochs=s.local_epochs,
-            batch_size=s.batch_size,
-            lr=s.lr,
-            momentum=s.momentum,
-            weight_decay=s.weight_decay,
-            device=self.device,
-        )
-
-    def new_model(self):
-        from . import models
-
-        return models.build(self.cfg.model.name, self.ds.input_shape, self.ds.num_classes).to(
-            self.device
-        )
-
-    def round(self, t: int):
-        from .federated.round import run_round
-
-        return run_round(
-            t,
-            self.weights,
-            seed=self.cfg.seed,
-            parts=self.parts,
-            per_round=self.cfg.schedule.clients_per_round,
-            strategy=self.strategy,
-            compressor=self.compressor,
-            trainer=self.trainer,
-            full_size=self.full_size,
-        )
+        self.new_model, self.round = self.sim.new_model, self.sim.round
 
     def batches(self, t: int) -> tuple[list[torch.Tensor], int]:
         """The minibatch index tensors the round-``t`` clients train on, in order."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import torch
 from . import compression, data, models, strategies
 from .config import ConfigError, RootConfig
 from .federated.client import SequentialTrainer, evaluate
-from .federated.round import run_round
+from .federated.round import RoundResult, run_round
 from .metrics import MetricsWriter, RoundProgress, write_json_atomic
 
 CHECKPOINT = "checkpoint.pt"
@@ -73,23 +73,9 @@ def make_partition(cfg: RootConfig, ds: data.FederatedDataset) -> list[np.ndarra
     return parts
 
 
-def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
-    """Run (or resume) the experiment in ``run_dir``; return the summary."""
-    t_start = time.perf_counter()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
-    ds = load_data(cfg)
-    parts = make_partition(cfg, ds)
-    data.partition_table(parts, ds.train.labels.cpu().numpy(), ds.num_classes).to_csv(
-        run_dir / "partition.csv", index=False
-    )
-    train, test = ds.train.to(device), ds.test.to(device)
-    part_tensors = [torch.as_tensor(p, dtype=torch.long, device=device) for p in parts]
-
-    torch.manual_seed(cfg.seed)
+def new_model(cfg: RootConfig, ds: data.FederatedDataset, device: torch.device) -> models.FLModel:
     m = cfg.model
-    model = models.build(
+    return models.build(
         m.name,
         ds.input_shape,
         ds.num_classes,
@@ -98,16 +84,63 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
         lstm_hidden=m.lstm_hidden,
         lstm_layers=m.lstm_layers,
     ).to(device)
-    weights = {k: p.data for k, p in model.named_parameters()}
-    full_size = models.num_params(model)
-    strategy = strategies.build(cfg.strategy, model, cfg.seed)
-    compressor = compression.build(
-        cfg.compression, shapes={k: tuple(w.shape) for k, w in weights.items()}, seed=cfg.seed
-    )
+
+
+@dataclass
+class Simulation:
+    """Everything a run is made of, built from a config (shared by ``run`` and the benchmark)."""
+
+    cfg: RootConfig
+    device: torch.device
+    ds: data.FederatedDataset
+    parts: list[np.ndarray]
+    model: models.FLModel
+    strategy: Any
+    compressor: Any
+    trainer: SequentialTrainer
+
+    def __post_init__(self) -> None:
+        self.train = self.trainer.data
+        self.test = self.ds.test.to(self.device)
+        self.part_tensors = [
+            torch.as_tensor(p, dtype=torch.long, device=self.device) for p in self.parts
+        ]
+        self.weights = {k: p.data for k, p in self.model.named_parameters()}
+        self.full_size = models.num_params(self.model)
+
+    def new_model(self) -> models.FLModel:
+        """A freshly initialised full model of the configured family (same device)."""
+        return new_model(self.cfg, self.ds, self.device)
+
+    def round(self, t: int, on_client_done=None) -> RoundResult:
+        return run_round(
+            t,
+            self.weights,
+            seed=self.cfg.seed,
+            parts=self.part_tensors,
+            per_round=self.cfg.schedule.clients_per_round,
+            strategy=self.strategy,
+            compressor=self.compressor,
+            trainer=self.trainer,
+            full_size=self.full_size,
+            on_client_done=on_client_done,
+        )
+
+
+def build(cfg: RootConfig, ds: data.FederatedDataset | None = None) -> Simulation:
+    """Load data, partition, and build model, strategy, compressor and trainer (seeded)."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    ds = ds if ds is not None else load_data(cfg)
+    parts = make_partition(cfg, ds)
+    torch.manual_seed(cfg.seed)
+    model = new_model(cfg, ds, device)
+    shapes = {k: tuple(p.shape) for k, p in model.named_parameters()}
     s = cfg.schedule
     trainer = SequentialTrainer(
         model,
-        train,
+        ds.train.to(device),
         epochs=s.local_epochs,
         batch_size=s.batch_size,
         lr=s.lr,
@@ -115,6 +148,28 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
         weight_decay=s.weight_decay,
         device=device,
     )
+    return Simulation(
+        cfg=cfg,
+        device=device,
+        ds=ds,
+        parts=parts,
+        model=model,
+        strategy=strategies.build(cfg.strategy, model, cfg.seed),
+        compressor=compression.build(cfg.compression, shapes=shapes, seed=cfg.seed),
+        trainer=trainer,
+    )
+
+
+def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
+    """Run (or resume) the experiment in ``run_dir``; return the summary."""
+    t_start = time.perf_counter()
+    sim = build(cfg)
+    ds, device, model, weights = sim.ds, sim.device, sim.model, sim.weights
+    strategy, compressor, test, full_size = sim.strategy, sim.compressor, sim.test, sim.full_size
+    data.partition_table(sim.parts, ds.train.labels.cpu().numpy(), ds.num_classes).to_csv(
+        run_dir / "partition.csv", index=False
+    )
+    s, m, parts = cfg.schedule, cfg.model, sim.parts
 
     state = {
         "round": 0,
@@ -144,18 +199,7 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
     try:
         for t in range(state["round"], s.rounds):
             t0 = time.perf_counter()
-            r = run_round(
-                t,
-                weights,
-                seed=cfg.seed,
-                parts=part_tensors,
-                per_round=s.clients_per_round,
-                strategy=strategy,
-                compressor=compressor,
-                trainer=trainer,
-                full_size=full_size,
-                on_client_done=progress.client_done,
-            )
+            r = sim.round(t, on_client_done=progress.client_done)
             test_loss = test_acc = math.nan
             if (t + 1) % s.eval_every == 0 or t + 1 == s.rounds:
                 test_loss, test_acc = evaluate(model, test, s.eval_batch_size)
