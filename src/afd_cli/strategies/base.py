@@ -28,3 +28,18 @@ class Strategy(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class Stateless:
+    """Mixin for strategies with no server-side state (FedAvg, FD): nothing to observe or save."""
+
+    def observe(
+        self, round: int, clients: list[int], losses: list[float], num_samples: list[int]
+    ) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass

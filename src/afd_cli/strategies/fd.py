@@ -7,13 +7,12 @@ strategy holds no state and a resumed run draws exactly what the uninterrupted r
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 
 from ..models import FLModel
 from ..submodel import View, random_keep
+from .base import Stateless
 
 FD_TAG = 0xFD  # keeps these streams apart from the trainer's client_seed streams
 AFD_TAG = 0xAFD
@@ -25,7 +24,7 @@ def generator(seed: int, round: int, client: int | None, tag: int) -> torch.Gene
     return torch.Generator().manual_seed(int(np.random.default_rng(key).integers(2**62)))
 
 
-class FederatedDropout:
+class FederatedDropout(Stateless):
     name = "fd"
 
     def __init__(self, model: FLModel, rate: float, seed: int):
@@ -42,14 +41,3 @@ class FederatedDropout:
             )
             for c in clients
         ]
-
-    def observe(
-        self, round: int, clients: list[int], losses: list[float], num_samples: list[int]
-    ) -> None:
-        pass
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass

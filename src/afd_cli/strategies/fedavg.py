@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..models import FLModel
 from ..submodel import View
+from .base import Stateless
 
 
-class FedAvg:
+class FedAvg(Stateless):
     name = "fedavg"
 
     def __init__(self, model: FLModel):
@@ -16,14 +15,3 @@ class FedAvg:
 
     def select(self, round: int, clients: list[int]) -> list[View]:
         return [self._full] * len(clients)
-
-    def observe(
-        self, round: int, clients: list[int], losses: list[float], num_samples: list[int]
-    ) -> None:
-        pass
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
