@@ -200,7 +200,14 @@ def rounds_in_subprocesses(device: str, rounds: int) -> list[dict[str, Any]]:
 def codec_sizes() -> list[dict[str, Any]]:
     """(c): cnn_mnist-sized random tensors, sparse top-k and dense, against the bound."""
     from . import models
-    from .compression.codec import Dense, Sparse, encode, encode_params, entropy_bound_bits
+    from .compression.codec import (
+        Dense,
+        Sparse,
+        decode,
+        encode,
+        encode_params,
+        entropy_bound_bits,
+    )
 
     model = models.build("cnn_mnist", (1, 28, 28), 10)
     gen = torch.Generator().manual_seed(0)
@@ -232,11 +239,20 @@ def codec_sizes() -> list[dict[str, Any]]:
             index_bytes += len(encode([rec])) - 8 - 4 * k  # minus header and values
             bound_bits += entropy_bound_bits(n, k) + 32 * k
             k_total, n_sparse = k_total + k, n_sparse + n
-        size = len(encode(records))
+        enc_s, dec_s = math.inf, math.inf
+        for _ in range(3):  # best of 3: the codec sits on every client's upload
+            t0 = time.perf_counter()
+            payload = encode(records)
+            t1 = time.perf_counter()
+            decode(payload)
+            enc_s, dec_s = min(enc_s, t1 - t0), min(dec_s, time.perf_counter() - t1)
+        size = len(payload)
         rows.append(
             {
                 "payload": f"sparse fp32 {sparsity:.1%}",
                 "bytes": size,
+                "encode_ms": 1e3 * enc_s,
+                "decode_ms": 1e3 * dec_s,
                 "bound_bytes": bound_bits / 8,
                 "sent_entries": k_total,
                 "index_bits_per_entry": 8 * index_bytes / k_total,
@@ -298,6 +314,7 @@ def _print_codec(rows: list[dict[str, Any]]) -> None:
     for c in ("payload", "bytes", "bound bytes", "over bound", "x smaller than fp32"):
         t.add_column(c, justify="left" if c == "payload" else "right")
     t.add_column("index bits/entry (bound)", justify="right")
+    t.add_column("encode / decode ms", justify="right")
     for r in rows:
         idx = (
             f"{r['index_bits_per_entry']:.2f} ({r['bound_index_bits_per_entry']:.2f})"
@@ -311,6 +328,7 @@ def _print_codec(rows: list[dict[str, Any]]) -> None:
             f"{r['over_bound_pct']:+.2f}%",
             f"{r['vs_dense_fp32']:.1f}",
             idx,
+            f"{r['encode_ms']:.1f} / {r['decode_ms']:.1f}" if "encode_ms" in r else "-",
         )
     console.print(t)
 
