@@ -41,6 +41,8 @@ BAD = {
     "seed=x": "could not be converted to Integer",
     "compression.sparsity=1": "compression.sparsity=1.0 is out of range",
     "schedule.momentum=1.5": "schedule.momentum=1.5 is out of range",
+    "compression.downlink=true": "compression.downlink=true needs a sparse compressor, not "
+    "compression='none'; choose one of: topk, dgc",
 }
 
 

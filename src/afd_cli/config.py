@@ -18,6 +18,7 @@ PARTITIONS = ("iid", "dirichlet", "shards", "natural")
 MODELS = ("cnn_mnist", "cnn_femnist", "mlp", "char_lstm")
 STRATEGIES = ("fedavg", "fd", "multi", "single")
 COMPRESSIONS = ("none", "fp16", "q8", "topk", "dgc")
+SPARSE_COMPRESSIONS = ("topk", "dgc")  # the ones with a sparse downlink option
 DEVICES = ("auto", "cpu", "cuda")
 TEXT_DATASETS = ("shakespeare",)
 TEXT_MODELS = ("char_lstm",)
@@ -221,6 +222,13 @@ def validate(cfg: DictConfig) -> RootConfig:
         0 < z.sample_ratio <= 1, "compression.sample_ratio", z.sample_ratio, "a number in (0, 1]"
     )
     _check(z.dense_below >= 0, "compression.dense_below", z.dense_below, "an integer >= 0")
+    if z.downlink and z.name not in SPARSE_COMPRESSIONS:
+        # dense codecs already use one format both ways; silently ignoring the flag would
+        # leave a researcher believing the download was sparsified
+        raise ConfigError(
+            f"compression.downlink=true needs a sparse compressor, not compression={z.name!r}; "
+            f"choose one of: {', '.join(SPARSE_COMPRESSIONS)}"
+        )
     _check(c.threads is None or c.threads >= 1, "threads", c.threads, "null or an integer >= 1")
     _check(c.checkpoint_every >= 1, "checkpoint_every", c.checkpoint_every, "an integer >= 1")
 
