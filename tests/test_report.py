@@ -214,6 +214,30 @@ def test_mixed_datasets_are_an_error_naming_them(tmp_path):
         rep.build([tmp_path / "a", tmp_path / "b"])
 
 
+def test_rounds_compares_runs_as_of_that_round(sweep, tmp_path):
+    # fedavg seed 0: 0.5 0.8 0.90 0.95 -> as of round 3 its final is 0.90 and its bytes 3 rounds'
+    fake_run(sweep, "short", seed=7, accs=[0.5, 0.6], mb_round=10)  # stops before round 3
+    warned = []
+    r = rep.build([sweep], rounds=3, warn=warned.append)
+    f = row(r.summary, "fedavg", "none")
+    assert f.final_acc_mean == pytest.approx((0.90 + 0.95 + 0.88 + 0.6) / 4)
+    assert f.mb_up_mean == pytest.approx((15 + 15 + 15 + 10) / 4)
+    assert r.curves["round"].max() == 3
+    assert "cut at round 3" in r.target_note
+    assert [w for w in warned if "short" in w and "has 2 rounds" in w]
+    assert row(rep.build([sweep]).summary, "single", "dgc").final_acc_mean != pytest.approx(
+        row(r.summary, "single", "dgc").final_acc_mean
+    )
+
+
+def test_rounds_out_of_range_is_a_cli_error(sweep):
+    p = subprocess.run(
+        [*AFD, "report", str(sweep), "--rounds", "0"], capture_output=True, text=True
+    )
+    assert p.returncode == 2
+    assert p.stderr.startswith("error: --rounds=0 is out of range") and "Traceback" not in p.stderr
+
+
 def test_cli_errors_are_one_line_without_traceback(tmp_path):
     (tmp_path / "empty").mkdir()
     p = subprocess.run([*AFD, "report", str(tmp_path / "empty")], capture_output=True, text=True)

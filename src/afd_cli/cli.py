@@ -282,6 +282,11 @@ def report(
         "--target",
         help="Accuracy to reach, e.g. 0.97 (default: 99% of the best fedavg+none accuracy).",
     ),
+    rounds: int = typer.Option(
+        None,
+        "--rounds",
+        help="Compare every run as of this round (cuts longer runs), e.g. 100.",
+    ),
 ) -> None:
     """Compare runs over seeds: summary.csv, report.md and accuracy plots (vs round, vs MB)."""
     from . import report as rep
@@ -290,6 +295,7 @@ def report(
         result = rep.build(
             paths,
             target,
+            rounds=rounds,
             warn=lambda m: err.print(f"[yellow]warning:[/] {m}", highlight=False, soft_wrap=True),
         )
     except rep.ReportError as e:

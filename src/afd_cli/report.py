@@ -680,13 +680,37 @@ def write(report: Report, out_dir: Path) -> dict[str, Path]:
 
 
 def build(
-    paths: Sequence[Path], target: float | None = None, warn: Callable[[str], Any] | None = None
+    paths: Sequence[Path],
+    target: float | None = None,
+    warn: Callable[[str], Any] | None = None,
+    rounds: int | None = None,
 ) -> Report:
-    """Load, check and analyse the runs under ``paths`` (raises ReportError on bad input)."""
+    """Load, check and analyse the runs under ``paths`` (raises ReportError on bad input).
+
+    ``rounds`` cuts every run at that round, so runs of different lengths (or one long run)
+    are compared "after the same rounds"; runs that stop earlier are kept, with a warning.
+    """
     if target is not None and not 0 < target <= 1:
         raise ReportError(f"--target={target} is out of range; expected an accuracy in (0, 1]")
+    if rounds is not None and rounds < 1:
+        raise ReportError(f"--rounds={rounds} is out of range; expected an integer >= 1")
     runs, messages = load_runs(paths, warn)
+    if rounds is not None:
+        for r in runs:
+            last = int(r.metrics["round"].iloc[-1])
+            if last < rounds:
+                msg = f"{r.path}: has {last} rounds, fewer than --rounds={rounds}; using them all"
+                messages.append(msg)
+                if warn:
+                    warn(msg)
+            r.metrics = r.metrics[r.metrics["round"] <= rounds].reset_index(drop=True)
+            r.config.pop("schedule.rounds", None)  # cut to one length: not a difference now
+        runs = [r for r in runs if len(r.metrics)]
+        if not runs:
+            raise ReportError(f"no run has a round <= --rounds={rounds}")
     report = analyse(runs, target)
+    if rounds is not None:
+        report.target_note += f"; runs cut at round {rounds} (--rounds)"
     report.warnings = messages
     return report
 
