@@ -173,6 +173,14 @@ def read_metrics(path: Path) -> pd.DataFrame:
     return df
 
 
+def _cut(df: pd.DataFrame, rounds: int) -> pd.DataFrame:
+    """The rows up to round ``rounds`` ("after the same rounds" for runs of any length)."""
+    df = df[df["round"] <= rounds].reset_index(drop=True)
+    if df.empty:
+        raise ReportError(f"no round <= --rounds={rounds}")
+    return df
+
+
 def _is_number(v: Any) -> bool:
     try:
         float(v)
@@ -182,10 +190,12 @@ def _is_number(v: Any) -> bool:
 
 
 def load_runs(
-    paths: Sequence[Path], warn: Callable[[str], Any] | None = None
+    paths: Sequence[Path], warn: Callable[[str], Any] | None = None, rounds: int | None = None
 ) -> tuple[list[Run], list[str]]:
     """Load every run under ``paths``; unusable CSVs are skipped with a warning.
 
+    ``rounds`` cuts every run at that round (runs that stop earlier are kept, with a warning),
+    and ``schedule.rounds`` then stops telling runs apart.
     Raises ReportError when there is no run at all, or when none is usable.
     """
     messages: list[str] = []
@@ -203,13 +213,20 @@ def load_runs(
     for f in files:
         try:
             df = read_metrics(f)
+            if rounds is not None:
+                df = _cut(df, rounds)
         except ReportError as e:
             problems.append(f"{f}: {e}")
             continue
         run_dir = f.parent
+        last = int(df["round"].iloc[-1])
+        if rounds is not None and last < rounds:
+            _warn(f"{run_dir}: has {last} rounds, fewer than --rounds={rounds}; using them all")
         cfg = read_config(run_dir)
         if cfg is None:
             cfg = {}
+        if rounds is not None:
+            cfg.pop("schedule.rounds", None)  # cut to one length: no longer a difference
         for k in (*CORE_KEYS, "seed"):
             if k in df.columns and k not in cfg and df[k].notna().any():
                 cfg[k] = df[k].dropna().iloc[0]
@@ -694,20 +711,7 @@ def build(
         raise ReportError(f"--target={target} is out of range; expected an accuracy in (0, 1]")
     if rounds is not None and rounds < 1:
         raise ReportError(f"--rounds={rounds} is out of range; expected an integer >= 1")
-    runs, messages = load_runs(paths, warn)
-    if rounds is not None:
-        for r in runs:
-            last = int(r.metrics["round"].iloc[-1])
-            if last < rounds:
-                msg = f"{r.path}: has {last} rounds, fewer than --rounds={rounds}; using them all"
-                messages.append(msg)
-                if warn:
-                    warn(msg)
-            r.metrics = r.metrics[r.metrics["round"] <= rounds].reset_index(drop=True)
-            r.config.pop("schedule.rounds", None)  # cut to one length: not a difference now
-        runs = [r for r in runs if len(r.metrics)]
-        if not runs:
-            raise ReportError(f"no run has a round <= --rounds={rounds}")
+    runs, messages = load_runs(paths, warn, rounds)
     report = analyse(runs, target)
     if rounds is not None:
         report.target_note += f"; runs cut at round {rounds} (--rounds)"
