@@ -171,6 +171,24 @@ def test_extra_differing_key_becomes_a_group(tmp_path):
     assert set(fd.reduction) == {2.0}  # matched to the one fedavg+none baseline
 
 
+def test_dense_codecs_ignore_compression_options(tmp_path):
+    """`compression=none,dgc compression.sparsity=0.99,0.999`: one none group, no sparsity."""
+    root = tmp_path / "sparsity"
+    for seed, sp in enumerate((0.99, 0.999)):
+        extra = {"compression.sparsity": sp}
+        fake_run(root, f"n{sp}", seed=seed, accs=[0.5, 0.9], mb_round=10, extra=extra)
+        fake_run(root, f"d{sp}", compression="dgc", accs=[0.4, 0.8], mb_round=1, extra=extra)
+    r = rep.build([root])
+    assert r.keys == [*rep.CORE_KEYS, "compression.sparsity"]
+    assert len(r.summary) == 3
+    none = r.summary[r.summary.compression == "none"]
+    assert int(none.seeds.iloc[0]) == 2 and list(none["compression.sparsity"]) == ["null"]
+    assert sorted(r.summary[r.summary.compression == "dgc"]["compression.sparsity"]) == [
+        0.99,
+        0.999,
+    ]
+
+
 def test_writes_csv_markdown_and_plots(sweep, tmp_path):
     out = tmp_path / "out"
     files = rep.write(rep.build([sweep]), out)

@@ -39,6 +39,8 @@ IGNORED_KEYS = {
 }
 REQUIRED_COLUMNS = ("round", "test_acc", "cum_bytes_down", "cum_bytes_up")
 BASELINE = {"strategy": "fedavg", "compression": "none"}
+# Dense codecs read no compression.* option: a sweep's sparsity must not split their runs.
+DENSE_CODECS = {"none", "fp16", "q8"}
 DEFAULT_TARGET_SHARE = 0.99
 MB = 1e6
 PLOTS = ("accuracy_vs_round.png", "accuracy_vs_mb.png")
@@ -237,6 +239,8 @@ def load_runs(
             cfg_seed = None
         for k in CORE_KEYS:
             cfg.setdefault(k, "?")
+        if str(cfg["compression"]) in DENSE_CODECS:
+            cfg = {k: v for k, v in cfg.items() if not k.startswith("compression.")}
         cfg.pop("seed", None)
         df = df.assign(seed=cfg_seed if cfg_seed is not None else str(run_dir.name))
         finished = (run_dir / "summary.json").exists()
