@@ -54,7 +54,12 @@ def test_warmup_schedule() -> None:
     got = [warmup_sparsity(r, 0.999, 4) for r in range(6)]
     assert got == [0.75, 0.9375, 0.984375, 0.99609375, 0.999, 0.999]
     assert [warmup_sparsity(r, 0.999, 0) for r in range(2)] == [0.999, 0.999]
-    assert [warmup_sparsity(r, 0.9, 4) for r in range(5)] == [0.75, 0.9, 0.9, 0.9, 0.9]
+    # the steps below the target share the warm-up rounds evenly
+    assert [warmup_sparsity(r, 0.9, 4) for r in range(5)] == [0.75, 0.75, 0.75, 0.75, 0.9]
+    spread = [warmup_sparsity(r, 0.999, 40) for r in range(41)]
+    assert spread[:10] == [0.75] * 10 and spread[10:20] == [0.9375] * 10
+    assert spread[30:40] == [0.99609375] * 10 and spread[40] == 0.999
+    assert [warmup_sparsity(r, 0.99, 2) for r in range(3)] == [0.75, 0.9375, 0.99]
 
 
 def test_dgc_follows_warmup_in_its_uploads() -> None:

@@ -11,7 +11,8 @@ Per client, per tensor of the update ``G`` (treated as the gradient):
    sample of ``sample_ratio`` of the entries (see :func:`.sparsify.sampled_topk_indices`);
 4. momentum factor masking: where sent, ``v`` and ``u`` are zeroed (``momentum_masking=false``:
    only ``v``), so stale momentum does not keep pushing sent coordinates;
-5. warm-up: ``s(r) = min(target, 1 - 4^-(r+1))`` for ``r < warmup_rounds``, then target.
+5. warm-up: the steps ``1 - 4^-(j+1)`` below the target share the first ``warmup_rounds``
+   rounds evenly (one step per round for 4 rounds at 99.9%), then the target.
 
 Tensors under ``dense_below`` entries go through the same steps but are sent whole.
 With ``values=fp16`` the fp16 rounding error of sent values stays in ``v`` instead of

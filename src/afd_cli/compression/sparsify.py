@@ -11,16 +11,29 @@ import torch
 MIN_SAMPLE = 256
 
 
+def warmup_stages(target: float) -> int:
+    """How many exponential steps ``1 - 4^-(j+1)`` lie below ``target`` (4 for 99.9%)."""
+    j = 0
+    while 1.0 - 4.0 ** -(j + 1) < target and j < 32:
+        j += 1
+    return j
+
+
 def warmup_sparsity(round: int, target: float, warmup_rounds: int) -> float:
     """DGC exponential warm-up of the sparsity (the fraction of entries NOT sent).
 
-    ``s(r) = min(target, 1 - 4^-(r+1))`` for ``r < warmup_rounds`` (0-based ``r``), else
-    ``target``: with target 0.999 and 4 warm-up rounds, 0.75, 0.9375, 0.984375, 0.99609375,
-    then 0.999. Starting dense-ish lets the residuals settle before heavy sparsification.
+    The steps ``1 - 4^-(j+1)`` below ``target`` (75%, 93.75%, 98.4375%, 99.6% for 99.9%)
+    share the first ``warmup_rounds`` rounds evenly, step ``j = floor(J r / W)``; from round
+    ``W`` on it is ``target``. With ``W`` = 4 that is one step per round; Lin et al. take one
+    step per epoch, which in FL is ``num_clients / (clients_per_round * local_epochs)``
+    rounds. Starting dense-ish lets the residuals settle before heavy sparsification.
     """
-    if round < warmup_rounds:
-        return min(target, 1.0 - 4.0 ** -(round + 1))
-    return target
+    if round >= warmup_rounds:
+        return target
+    stages = warmup_stages(target)
+    if stages == 0:
+        return target
+    return min(target, 1.0 - 4.0 ** -(stages * round // warmup_rounds + 1))
 
 
 def keep_count(n: int, sparsity: float) -> int:
