@@ -183,6 +183,7 @@ def test_dense_codecs_ignore_compression_options(tmp_path):
     assert len(r.summary) == 3
     none = r.summary[r.summary.compression == "none"]
     assert int(none.seeds.iloc[0]) == 2 and list(none["compression.sparsity"]) == ["null"]
+    assert sorted(r.summary.config) == ["dgc+sparsity=0.99", "dgc+sparsity=0.999", "none"]
     assert sorted(r.summary[r.summary.compression == "dgc"]["compression.sparsity"]) == [
         0.99,
         0.999,

@@ -466,6 +466,8 @@ def _labels(summary: pd.DataFrame, keys: Sequence[str]) -> list[str]:
         parts = []
         for k in varying:
             v = s[k]
+            if k not in CORE_KEYS and v == "null":  # not set, e.g. a dense codec's sparsity
+                continue
             parts.append(str(v) if k in CORE_KEYS else f"{k.rsplit('.', 1)[-1]}={v}")
         out.append("+".join(parts))
     return out
