@@ -78,6 +78,16 @@ def test_sweep_validates_every_job():
             cli.check(job)
 
 
+@pytest.mark.parametrize("experiment", ["paper_mnist", "paper_shakespeare"])
+def test_paper_experiments_warm_dgc_up_over_four_epochs(experiment):
+    """Lin et al. warm up over 4 epochs; an epoch of the federation is K / (C * E) rounds."""
+    cfg = cli.compose([f"experiment={experiment}", "compression=dgc"])
+    s = cfg.schedule
+    assert cfg.compression.warmup_rounds == 4 * s.num_clients / (
+        s.clients_per_round * s.local_epochs
+    )
+
+
 def _run(tmp_path: Path, name: str, *extra: str) -> pd.DataFrame:
     out = tmp_path / name
     p = subprocess.run(
