@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .config import COMPRESSIONS, SPARSE_COMPRESSIONS
+
 CORE_KEYS = ("dataset", "model", "partition", "strategy", "compression")
 # Config keys that never make two runs different experiments.
 IGNORED_KEYS = {
@@ -39,8 +41,6 @@ IGNORED_KEYS = {
 }
 REQUIRED_COLUMNS = ("round", "test_acc", "cum_bytes_down", "cum_bytes_up")
 BASELINE = {"strategy": "fedavg", "compression": "none"}
-# Dense codecs read no compression.* option: a sweep's sparsity must not split their runs.
-DENSE_CODECS = {"none", "fp16", "q8"}
 DEFAULT_TARGET_SHARE = 0.99
 MB = 1e6
 PLOTS = ("accuracy_vs_round.png", "accuracy_vs_mb.png")
@@ -239,7 +239,9 @@ def load_runs(
             cfg_seed = None
         for k in CORE_KEYS:
             cfg.setdefault(k, "?")
-        if str(cfg["compression"]) in DENSE_CODECS:
+        name = str(cfg["compression"])
+        if name in COMPRESSIONS and name not in SPARSE_COMPRESSIONS:
+            # dense codecs read no compression.* option: a sparsity sweep must not split them
             cfg = {k: v for k, v in cfg.items() if not k.startswith("compression.")}
         cfg.pop("seed", None)
         df = df.assign(seed=cfg_seed if cfg_seed is not None else str(run_dir.name))
