@@ -30,10 +30,8 @@ def warmup_sparsity(round: int, target: float, warmup_rounds: int) -> float:
     """
     if round >= warmup_rounds:
         return target
-    stages = warmup_stages(target)
-    if stages == 0:
-        return target
-    return min(target, 1.0 - 4.0 ** -(stages * round // warmup_rounds + 1))
+    step = warmup_stages(target) * round // warmup_rounds  # no steps (target <= 75%): 0
+    return min(target, 1.0 - 4.0 ** -(step + 1))
 
 
 def keep_count(n: int, sparsity: float) -> int:
