@@ -37,11 +37,12 @@ def _groups_help() -> str:
         "strategy",
         "compression",
         "schedule",
+        "trainer",
         "experiment",
     ):
         options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
         lines.append(f"  {group}: {', '.join(options)}\n")
-    lines.append("  top level: seed, device, threads, data_dir, progress, resume\n")
+    lines.append("  top level: seed, device, precision, threads, data_dir, progress, resume\n")
     lines.append("All keys with their values: afd config show [OVERRIDES...]")
     return "\n".join(lines)
 

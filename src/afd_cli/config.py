@@ -20,6 +20,8 @@ STRATEGIES = ("fedavg", "fd", "multi", "single")
 COMPRESSIONS = ("none", "fp16", "q8", "topk", "dgc")
 SPARSE_COMPRESSIONS = ("topk", "dgc")  # the only ones that read compression.* options
 DEVICES = ("auto", "cpu", "cuda")
+TRAINERS = ("auto", "sequential", "batched")
+PRECISIONS = ("fp32", "bf16")
 TEXT_DATASETS = ("shakespeare",)
 TEXT_MODELS = ("char_lstm",)
 
@@ -95,6 +97,14 @@ class CompressionConfig:
 
 
 @dataclass
+class TrainerConfig:
+    """How a round's clients are trained; the numbers do not depend on it (tests check that)."""
+
+    name: str = "auto"  # auto: batched on CUDA, sequential on CPU | sequential | batched
+    chunk: int | None = None  # batched: clients trained together; null = as many as fit
+
+
+@dataclass
 class RootConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
@@ -102,8 +112,10 @@ class RootConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
     seed: int = 0
     device: str = "auto"
+    precision: str = "fp32"  # fp32 | bf16 (autocast in local training and evaluation)
     threads: int | None = None  # torch CPU threads; null = torch's default (all cores)
     data_dir: str = "~/.cache/afd-cli"
     progress: str = "auto"  # auto | rich | plain | none
@@ -145,6 +157,8 @@ def validate(cfg: DictConfig) -> RootConfig:
     _choice("strategy", c.strategy.name, STRATEGIES)
     _choice("compression", c.compression.name, COMPRESSIONS)
     _choice("device", c.device, DEVICES)
+    _choice("trainer", c.trainer.name, TRAINERS)
+    _choice("precision", c.precision, PRECISIONS)
     _choice("progress", c.progress, ("auto", "rich", "plain", "none"))
     _choice("compression.values", c.compression.values, ("fp32", "fp16"))
     _choice("strategy.score_update", c.strategy.score_update, ("relative", "absolute"))
@@ -230,6 +244,12 @@ def validate(cfg: DictConfig) -> RootConfig:
             f"choose one of: {', '.join(SPARSE_COMPRESSIONS)}"
         )
     _check(c.threads is None or c.threads >= 1, "threads", c.threads, "null or an integer >= 1")
+    _check(
+        c.trainer.chunk is None or c.trainer.chunk >= 1,
+        "trainer.chunk",
+        c.trainer.chunk,
+        "null or an integer >= 1",
+    )
     _check(c.checkpoint_every >= 1, "checkpoint_every", c.checkpoint_every, "an integer >= 1")
 
     text_data, text_model = d.name in TEXT_DATASETS, m.name in TEXT_MODELS

@@ -19,7 +19,7 @@ import torch
 
 from . import compression, data, models, strategies
 from .config import ConfigError, RootConfig
-from .federated.client import SequentialTrainer, evaluate
+from .federated.client import Evaluator, SequentialTrainer, Trainer
 from .federated.round import RoundResult, run_round
 from .metrics import MetricsWriter, RoundProgress, write_json_atomic
 
@@ -97,7 +97,7 @@ class Simulation:
     model: models.FLModel
     strategy: Any
     compressor: Any
-    trainer: SequentialTrainer
+    trainer: Trainer
 
     def __post_init__(self) -> None:
         self.train = self.trainer.data
@@ -107,6 +107,9 @@ class Simulation:
         ]
         self.weights = {k: p.data for k, p in self.model.named_parameters()}
         self.full_size = models.num_params(self.model)
+        self.evaluate = Evaluator(
+            self.model, self.test, self.cfg.schedule.eval_batch_size, self.cfg.precision
+        )
 
     def new_model(self) -> models.FLModel:
         """A freshly initialised full model of the configured family (same device)."""
@@ -127,6 +130,32 @@ class Simulation:
         )
 
 
+def trainer_kind(cfg: RootConfig, device: torch.device) -> str:
+    """``trainer=auto``: batched on CUDA, sequential on CPU (where batching measured slower)."""
+    if cfg.trainer.name != "auto":
+        return cfg.trainer.name
+    return "batched" if device.type == "cuda" else "sequential"
+
+
+def make_trainer(cfg: RootConfig, model: models.FLModel, train: data.Samples, device) -> Trainer:
+    """The trainer behind ``trainer=``; both take the same jobs and give the same numbers."""
+    s = cfg.schedule
+    opts = dict(
+        epochs=s.local_epochs,
+        batch_size=s.batch_size,
+        lr=s.lr,
+        momentum=s.momentum,
+        weight_decay=s.weight_decay,
+        device=device,
+        precision=cfg.precision,
+    )
+    if trainer_kind(cfg, device) == "batched":
+        from .federated.batched import BatchedTrainer
+
+        return BatchedTrainer(model, train, chunk=cfg.trainer.chunk, **opts)
+    return SequentialTrainer(model, train, **opts)
+
+
 def build(cfg: RootConfig, ds: data.FederatedDataset | None = None) -> Simulation:
     """Load data, partition, and build model, strategy, compressor and trainer (seeded)."""
     if cfg.threads:
@@ -137,17 +166,7 @@ def build(cfg: RootConfig, ds: data.FederatedDataset | None = None) -> Simulatio
     torch.manual_seed(cfg.seed)
     model = new_model(cfg, ds, device)
     shapes = {k: tuple(p.shape) for k, p in model.named_parameters()}
-    s = cfg.schedule
-    trainer = SequentialTrainer(
-        model,
-        ds.train.to(device),
-        epochs=s.local_epochs,
-        batch_size=s.batch_size,
-        lr=s.lr,
-        momentum=s.momentum,
-        weight_decay=s.weight_decay,
-        device=device,
-    )
+    trainer = make_trainer(cfg, model, ds.train.to(device), device)
     return Simulation(
         cfg=cfg,
         device=device,
@@ -164,7 +183,7 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
     """Run (or resume) the experiment in ``run_dir``; return the summary."""
     t_start = time.perf_counter()
     sim = build(cfg)
-    ds, device, model, weights = sim.ds, sim.device, sim.model, sim.weights
+    ds, device, weights = sim.ds, sim.device, sim.weights
     strategy, compressor, test, full_size = sim.strategy, sim.compressor, sim.test, sim.full_size
     data.partition_table(sim.parts, ds.train.labels.cpu().numpy(), ds.num_classes).to_csv(
         run_dir / "partition.csv", index=False
@@ -202,7 +221,7 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
             r = sim.round(t, on_client_done=progress.client_done)
             test_loss = test_acc = math.nan
             if (t + 1) % s.eval_every == 0 or t + 1 == s.rounds:
-                test_loss, test_acc = evaluate(model, test, s.eval_batch_size)
+                test_loss, test_acc = sim.evaluate(weights)
                 state["last_acc"] = test_acc
                 if state["best_acc"] is None or test_acc > state["best_acc"]:
                     state["best_acc"], state["best_round"] = test_acc, t + 1
@@ -269,7 +288,7 @@ def majority_share(labels: torch.Tensor) -> float:
 def _comparable(cfg: RootConfig) -> dict[str, Any]:
     """The parts of a config that must match for a resume to be the same run."""
     d = asdict(cfg)
-    for k in ("progress", "resume", "data_dir", "device", "threads", "checkpoint_every"):
+    for k in ("progress", "resume", "data_dir", "device", "threads", "checkpoint_every", "trainer"):
         d.pop(k)
     d["schedule"].pop("rounds")  # extending a finished run with more rounds is allowed
     return d

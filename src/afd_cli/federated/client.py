@@ -3,13 +3,20 @@
 One module per distinct sub-model shape is built once and reused: a client's starting weights
 are copied into it, so there is no per-client ``deepcopy`` and no DataLoader. Shuffling uses a
 generator seeded from (seed, round, client), so a run is reproducible and resumable.
+
+Speed without changing the numbers' meaning: conv models train and evaluate in channels_last
+(NHWC) memory layout, which this CPU's conv kernels run faster; weights handed in and out stay
+in the standard contiguous layout, so nothing downstream sees the difference.
+``precision=bf16`` autocasts forward passes (a choice that does change the numbers).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -40,8 +47,32 @@ class LocalResult:
     seconds: float
 
 
+class Trainer(Protocol):
+    """Trains a round's clients: the seam between the round loop and how training is done."""
+
+    def train(
+        self, jobs: list[LocalJob], on_done: Callable[[], None] | None = None
+    ) -> list[LocalResult]:
+        """One result per job, in order; weights on the trainer's device, contiguous."""
+        ...
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast for forward passes, or nothing for fp32."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def memory_format(module: nn.Module) -> torch.memory_format:
+    """channels_last for models with 2-d convolutions, else the standard layout."""
+    if any(isinstance(m, nn.Conv2d) for m in module.modules()):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 class SequentialTrainer:
-    """Trains the round's clients one after another (a batched engine can replace it)."""
+    """Trains the round's clients one after another (:mod:`.batched` trains them together)."""
 
     def __init__(
         self,
@@ -54,16 +85,20 @@ class SequentialTrainer:
         momentum: float,
         weight_decay: float,
         device: torch.device,
+        precision: str = "fp32",
     ):
         self.model, self.data, self.device = model, data, device
         self.epochs, self.batch_size = epochs, batch_size
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        self.precision = precision
+        self.format = memory_format(model)
         self._modules: dict[tuple[int, ...], nn.Module] = {}
 
     def module_for(self, units: dict[str, int]) -> nn.Module:
         key = tuple(units[k] for k in sorted(units))
         if key not in self._modules:
-            self._modules[key] = self.model.with_units(units).to(self.device)
+            module = self.model.with_units(units).to(self.device)
+            self._modules[key] = module.to(memory_format=self.format)
         return self._modules[key]
 
     def train(
@@ -94,27 +129,64 @@ class SequentialTrainer:
             order = idx[torch.randperm(len(idx), generator=gen)]
             for batch in order.split(self.batch_size):
                 x, y = self.data.batch(batch)
-                loss = F.cross_entropy(module(x), y)
+                if x.dim() == 4:
+                    x = x.contiguous(memory_format=self.format)
+                with autocast(self.device, self.precision):
+                    loss = F.cross_entropy(module(x).float(), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 total += loss.detach()
                 steps += 1
-        weights = {k: p.detach().clone() for k, p in params.items()}
+        weights = {
+            k: p.detach().clone(memory_format=torch.contiguous_format) for k, p in params.items()
+        }
         return LocalResult(
             weights, float(total) / max(steps, 1), len(idx), time.perf_counter() - t0
         )
 
 
-@torch.no_grad()
-def evaluate(module: nn.Module, data: Samples, batch_size: int) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``module`` on all of ``data``."""
+@torch.inference_mode()
+def evaluate(
+    module: nn.Module, data: Samples, batch_size: int, precision: str = "fp32"
+) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``module`` on all of ``data``.
+
+    Sums stay on the device until the end: one host sync per evaluation, not per batch.
+    """
     module.eval()
     n = len(data)
-    loss_sum, correct = 0.0, 0
-    for batch in torch.arange(n).split(batch_size):
+    device = next(module.parameters()).device
+    fmt = memory_format(module)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    for batch in torch.arange(n, device=device).split(batch_size):
         x, y = data.batch(batch)
-        out = module(x)
-        loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
-        correct += int((out.argmax(1) == y).sum())
-    return loss_sum / n, correct / n
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=fmt)
+        with autocast(device, precision):
+            out = module(x).float()
+        loss_sum += F.cross_entropy(out, y, reduction="sum")
+        correct += (out.argmax(1) == y).sum()
+    return float(loss_sum) / n, int(correct) / n
+
+
+class Evaluator:
+    """Evaluates the global weights with its own channels_last copy of the model.
+
+    The global model stays in the standard layout (the codecs, sub-model slicing and
+    checkpoints read its tensors as they are); copying 1.7 M weights into this module costs
+    far less than the layout saves on 10,000 test images.
+    """
+
+    def __init__(self, model: FLModel, data: Samples, batch_size: int, precision: str = "fp32"):
+        device = next(model.parameters()).device
+        self.module = model.with_units(model.units).to(device)
+        self.module = self.module.to(memory_format=memory_format(self.module))
+        self.data, self.batch_size, self.precision = data, batch_size, precision
+
+    def __call__(self, weights: Params) -> tuple[float, float]:
+        with torch.no_grad():
+            for name, p in self.module.named_parameters():
+                p.copy_(weights[name])
+        return evaluate(self.module, self.data, self.batch_size, self.precision)
