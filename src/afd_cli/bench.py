@@ -1,15 +1,21 @@
-"""``make benchmark``: figures, not pass/fail (a few minutes on 2 CPU cores).
+"""``make benchmark``: figures, not pass/fail (several minutes on 2 CPU cores).
 
-(a) simulation throughput: the runner's round (``federated.round.run_round`` with the real
-    strategy, compressor and trainer; no test evaluation) against a bare hand-written
-    centralised PyTorch loop doing the same SGD steps (same model, batch size, steps and data
-    tensors), in client-samples/s, and the runner's overhead in %;
-(b) seconds per round and peak RSS of fedavg, single and single+dgc, each in a subprocess;
+(a) seconds per round of ``afd run`` (``experiment.run`` in a real run directory: local
+    training, codecs, aggregation, test evaluation every round, CSV and checkpoint) next to
+    the loop a researcher writes by hand for the same work -- standard NCHW fp32 tensors, one
+    client module reused with ``load_state_dict`` per client, FedAvg over ``state_dict``s, the
+    10k test images evaluated every round in batches of 1000 -- on the same clients, batches
+    and initial weights, as a ratio measured in the same process;
+(b) seconds per round and peak RSS of fedavg, single and single+dgc, each in a subprocess
+    (no evaluation);
 (c) codec sizes against the entropy bound (sparse at 99% / 99.9%, dense fp32 / fp16 / q8);
-(d) (a) and (b) again on CUDA when a GPU is present.
+(d) CUDA only: client-samples/s of the sequential and the batched trainer at C = 10, 50, 100
+    clients (cnn_femnist, B=10, 200 samples per client) next to one big batch of the same
+    total size through one model, with peak GPU memory; then (b) on the GPU.
 
-Setup: MNIST iid, 100 clients, 10 per round, E=1, B=10, lr 0.05. Times are medians of
-``--repeats`` repeats. Results are printed and written to ``outputs/benchmarks/<time>.json``.
+Setup of (a), (b): MNIST iid, 100 clients, 10 per round, E=1, B=10, lr 0.05. Times are
+medians over ``--repeats`` rounds after one warm-up round. Results are printed and written to
+``outputs/benchmarks/<time>.json``.
 
     python -m afd_cli.bench [--repeats 3] [--out outputs/benchmarks] [--only a,b,c,d]
 """
@@ -25,18 +31,20 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from rich.console import Console
 from rich.table import Table
+from torch.nn import functional as F
 
 console = Console(width=None if sys.stdout.isatty() else 120)
-MODELS = ("cnn_mnist", "cnn_femnist")
 ROUND_CONFIGS = (("fedavg", "none"), ("single", "none"), ("single", "dgc"))
+TRAINER_CLIENTS = (10, 50, 100)
 
 
 def _config(strategy: str = "fedavg", compression: str = "none", device: str = "cpu"):
@@ -55,39 +63,9 @@ def _config(strategy: str = "fedavg", compression: str = "none", device: str = "
     )
     cfg.compression = CompressionConfig(name=compression)
     cfg.device = device
+    cfg.progress = "none"
     cfg.data_dir = os.environ.get("AFD_DATA_DIR", "~/.cache/afd-cli")
     return cfg
-
-
-class Setup:
-    """``experiment.build``'s simulation, plus the bare loop's batches of the same round."""
-
-    def __init__(self, cfg, ds=None):
-        from .experiment import build
-
-        self.sim = build(cfg, ds)
-        self.cfg, self.device, self.ds = cfg, self.sim.device, self.sim.ds
-        self.train, self.parts, self.full_size = (
-            self.sim.train,
-            self.sim.part_tensors,
-            self.sim.full_size,
-        )
-        self.new_model, self.round = self.sim.new_model, self.sim.round
-
-    def batches(self, t: int) -> tuple[list[torch.Tensor], int]:
-        """The minibatch index tensors the round-``t`` clients train on, in order."""
-        from .federated.round import client_seed, sample_clients
-
-        s = self.cfg.schedule
-        out, samples = [], 0
-        for c in sample_clients(self.cfg.seed, t, len(self.parts), s.clients_per_round):
-            idx = self.parts[c]
-            gen = torch.Generator().manual_seed(client_seed(self.cfg.seed, t, c))
-            for _ in range(s.local_epochs):
-                order = idx[torch.randperm(len(idx), generator=gen)]
-                out += list(order.split(s.batch_size))
-                samples += len(idx)
-        return out, samples
 
 
 def _sync(device: torch.device) -> None:
@@ -95,56 +73,162 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def bare_loop(model: torch.nn.Module, setup: Setup, batches: list[torch.Tensor]) -> float:
-    """A centralised SGD loop over the same batches: the floor the runner is measured against."""
-    from torch.nn import functional as F
-
-    opt = torch.optim.SGD(model.parameters(), lr=setup.cfg.schedule.lr)
-    model.train()
-    _sync(setup.device)
-    t0 = time.perf_counter()
-    for b in batches:
-        x, y = setup.train.batch(b)
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    _sync(setup.device)
-    return time.perf_counter() - t0
+# ------------------------------------------------------------------ (a) afd vs a bare loop
 
 
-def throughput(model_name: str, device: str, repeats: int, ds=None) -> dict[str, Any]:
-    """(a): runner round vs bare loop, same steps; medians over ``repeats`` rounds."""
-    cfg = _config(device=device)
-    cfg.model = replace(cfg.model, name=model_name)
-    setup = Setup(cfg, ds)
-    bare_model = setup.new_model()
-    warm, _ = setup.batches(10_000)
-    bare_loop(bare_model, setup, warm[:20])  # allocator / kernel warm-up
-    runner_s, bare_s, samples = [], [], 0
-    for t in range(repeats):
-        batches, samples = setup.batches(t)
-        _sync(setup.device)
+def client_batches(sim, t: int, client: int) -> list[torch.Tensor]:
+    """The minibatch index tensors client ``client`` trains on in round ``t`` (as afd does)."""
+    from .federated.round import client_seed
+
+    idx = sim.part_tensors[client]
+    gen = torch.Generator().manual_seed(client_seed(sim.cfg.seed, t, client))
+    out = []
+    for _ in range(sim.cfg.schedule.local_epochs):
+        out += list(idx[torch.randperm(len(idx), generator=gen)].split(sim.cfg.schedule.batch_size))
+    return out
+
+
+def researcher_loop(sim, rounds: int) -> tuple[list[float], float]:
+    """FedAvg as a researcher writes it by hand; returns seconds per round and final accuracy.
+
+    Same clients, batches and initial weights as ``afd run`` with this config, so the final
+    accuracies agree up to float rounding (a check that both did the same work).
+    """
+    from .federated.round import sample_clients
+
+    s = sim.cfg.schedule
+    global_model, local = sim.new_model(), sim.new_model()
+    global_model.load_state_dict({k: v.clone() for k, v in sim.weights.items()})
+    times, acc = [], math.nan
+    for t in range(rounds):
+        _sync(sim.device)
         t0 = time.perf_counter()
-        r = setup.round(t)
-        _sync(setup.device)
-        runner_s.append(time.perf_counter() - t0)
-        bare_s.append(bare_loop(bare_model, setup, batches))
-        assert len(r.clients) == cfg.schedule.clients_per_round
-    run_med, bare_med = statistics.median(runner_s), statistics.median(bare_s)
+        states, sizes = [], []
+        for c in sample_clients(sim.cfg.seed, t, len(sim.part_tensors), s.clients_per_round):
+            local.load_state_dict(global_model.state_dict())
+            opt = torch.optim.SGD(local.parameters(), lr=s.lr)
+            local.train()
+            for b in client_batches(sim, t, c):
+                x, y = sim.train.batch(b)
+                loss = F.cross_entropy(local(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            states.append({k: v.clone() for k, v in local.state_dict().items()})
+            sizes.append(len(sim.part_tensors[c]))
+        n = sum(sizes)
+        avg = {
+            k: sum(w * st[k] for w, st in zip(sizes, states, strict=True)) / n for k in states[0]
+        }
+        global_model.load_state_dict(avg)
+        global_model.eval()
+        correct = 0
+        with torch.no_grad():
+            for b in torch.arange(len(sim.test)).split(1000):
+                x, y = sim.test.batch(b)
+                correct += int((global_model(x).argmax(1) == y).sum())
+        acc = correct / len(sim.test)
+        _sync(sim.device)
+        times.append(time.perf_counter() - t0)
+    return times, acc
+
+
+def afd_vs_researcher(repeats: int, device: str = "cpu", ds=None) -> dict[str, Any]:
+    """(a): ``experiment.run`` per round (with eval, CSV, checkpoint) vs the researcher loop."""
+    from .experiment import build, run
+
+    cfg = _config(device=device)
+    cfg.schedule.rounds = repeats + 1  # the first round of each side is a warm-up
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = run(cfg, Path(tmp))
+        rows = pd.read_csv(Path(tmp) / "metrics.csv")
+    ckpt_per_round = summary["checkpoint_s"] / cfg.schedule.rounds
+    afd_s = [float(w) + ckpt_per_round for w in rows.wall_s.iloc[1:]]
+    bare_s, bare_acc = researcher_loop(build(cfg, ds), cfg.schedule.rounds)
+    bare_s = bare_s[1:]
+    afd_med, bare_med = statistics.median(afd_s), statistics.median(bare_s)
     return {
-        "model": model_name,
-        "device": str(setup.device),
-        "params": setup.full_size,
-        "client_samples_per_round": samples,
-        "steps_per_round": len(batches),
-        "runner_s": runner_s,
-        "bare_s": bare_s,
-        "runner_samples_per_s": samples / run_med,
-        "bare_samples_per_s": samples / bare_med,
-        "ratio": run_med / bare_med,
-        "overhead_pct": 100 * (run_med / bare_med - 1),
+        "device": summary["device"],
+        "rounds_timed": repeats,
+        "afd_round_s": afd_s,
+        "bare_round_s": bare_s,
+        "afd_median_s": afd_med,
+        "bare_median_s": bare_med,
+        "ratio": afd_med / bare_med,
+        "afd_checkpoint_s_per_round": ckpt_per_round,
+        "afd_final_acc": float(rows.test_acc.iloc[-1]),
+        "bare_final_acc": bare_acc,
     }
+
+
+# ------------------------------------------------------------------ (d) trainers on CUDA
+
+
+def trainer_throughput(clients: int, device: str = "cuda", samples: int = 200) -> dict[str, Any]:
+    """(d): client-samples/s of sequential and batched trainers vs one big batch, one round."""
+    from . import models
+    from .data import TensorSamples
+    from .federated.batched import BatchedTrainer
+    from .federated.client import LocalJob, SequentialTrainer
+    from .submodel import View
+
+    dev = torch.device(device)
+    gen = torch.Generator().manual_seed(0)
+    n = clients * samples
+    data = TensorSamples(torch.rand(n, 1, 28, 28, generator=gen), torch.randint(62, (n,)))
+    data = data.to(dev)
+    torch.manual_seed(0)
+    model = models.build("cnn_femnist", (1, 28, 28), 62).to(dev)
+    weights = {k: p.detach() for k, p in model.named_parameters()}
+    view = View(model)
+    jobs = [
+        LocalJob(
+            c,
+            view.units,
+            view.extract(weights),
+            torch.arange(c * samples, (c + 1) * samples, device=dev),
+            c,
+        )
+        for c in range(clients)
+    ]
+    opts = dict(epochs=1, batch_size=10, lr=0.05, momentum=0.0, weight_decay=0.0, device=dev)
+    out: dict[str, Any] = {"clients": clients, "client_samples": n}
+    for name, trainer in (
+        ("sequential", SequentialTrainer(model, data, **opts)),
+        ("batched", BatchedTrainer(model, data, chunk=None, **opts)),
+    ):
+        trainer.train(jobs[: min(2, clients)])  # warm-up: kernels, allocator, module cache
+        _sync(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        t0 = time.perf_counter()
+        trainer.train(jobs)
+        _sync(dev)
+        out[f"{name}_samples_per_s"] = n / (time.perf_counter() - t0)
+        out[f"{name}_peak_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
+    big = models.build("cnn_femnist", (1, 28, 28), 62).to(dev)
+    opt = torch.optim.SGD(big.parameters(), lr=0.05)
+    steps = samples // 10
+    batches = torch.randperm(n, generator=gen).to(dev).split(clients * 10)
+
+    def one_pass() -> None:
+        for b in batches[:steps]:
+            x, y = data.batch(b)
+            loss = F.cross_entropy(big(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    one_pass()
+    _sync(dev)
+    torch.cuda.reset_peak_memory_stats(dev)
+    t0 = time.perf_counter()
+    one_pass()
+    _sync(dev)
+    out["big_batch_samples_per_s"] = n / (time.perf_counter() - t0)
+    out["big_batch_peak_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
+    out["batched_vs_sequential"] = out["batched_samples_per_s"] / out["sequential_samples_per_s"]
+    out["batched_vs_big_batch"] = out["batched_samples_per_s"] / out["big_batch_samples_per_s"]
+    return out
 
 
 def _peak_rss_mb() -> float:
@@ -160,24 +244,26 @@ def _peak_rss_mb() -> float:
 
 def child(strategy: str, compression: str, device: str, rounds: int) -> dict[str, Any]:
     """(b), in its own process: seconds per round (no eval) and the process's peak RSS."""
-    setup = Setup(_config(strategy, compression, device))
+    from .experiment import build
+
+    sim = build(_config(strategy, compression, device))
     times = []
     for t in range(rounds):
-        _sync(setup.device)
+        _sync(sim.device)
         t0 = time.perf_counter()
-        r = setup.round(t)
-        _sync(setup.device)
+        r = sim.round(t)
+        _sync(sim.device)
         times.append(time.perf_counter() - t0)
     return {
         "strategy": strategy,
         "compression": compression,
-        "device": str(setup.device),
+        "device": str(sim.device),
         "round_s": times,
         "median_round_s": statistics.median(times),
         "last_round_bytes": r.bytes_down + r.bytes_up,
         "peak_rss_mb": _peak_rss_mb(),
         "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20
-        if setup.device.type == "cuda"
+        if sim.device.type == "cuda"
         else None,
     }
 
@@ -273,22 +359,38 @@ def codec_sizes() -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- printing
 
 
-def _print_throughput(rows: list[dict[str, Any]]) -> None:
-    t = Table(title="(a) simulation throughput: runner round vs bare PyTorch loop (same steps)")
-    for c in ("model", "device", "steps", "runner s", "bare s", "runner samples/s"):
-        t.add_column(c, justify="right" if c not in ("model", "device") else "left")
-    t.add_column("bare samples/s", justify="right")
-    t.add_column("overhead", justify="right")
+def _print_afd_vs_bare(r: dict[str, Any]) -> None:
+    t = Table(title="(a) seconds per round: afd run vs the hand-written loop (same work)")
+    for c in ("device", "afd s/round", "bare s/round", "afd / bare", "checkpoint s/round"):
+        t.add_column(c, justify="left" if c == "device" else "right")
+    t.add_column("final acc afd / bare", justify="right")
+    t.add_row(
+        r["device"],
+        f"{r['afd_median_s']:.2f}",
+        f"{r['bare_median_s']:.2f}",
+        f"{r['ratio']:.2f}x",
+        f"{r['afd_checkpoint_s_per_round']:.3f}",
+        f"{r['afd_final_acc']:.4f} / {r['bare_final_acc']:.4f}",
+    )
+    console.print(t)
+
+
+def _print_trainers(rows: list[dict[str, Any]]) -> None:
+    t = Table(title="(d) CUDA trainers, cnn_femnist, B=10, 200 samples/client: client-samples/s")
+    for c in ("clients", "sequential", "batched", "one big batch", "batched/seq"):
+        t.add_column(c, justify="right")
+    t.add_column("batched/big", justify="right")
+    t.add_column("peak MB seq / batched / big", justify="right")
     for r in rows:
         t.add_row(
-            r["model"],
-            r["device"],
-            str(r["steps_per_round"]),
-            f"{statistics.median(r['runner_s']):.2f}",
-            f"{statistics.median(r['bare_s']):.2f}",
-            f"{r['runner_samples_per_s']:,.0f}",
-            f"{r['bare_samples_per_s']:,.0f}",
-            f"{r['overhead_pct']:+.1f}%",
+            str(r["clients"]),
+            f"{r['sequential_samples_per_s']:,.0f}",
+            f"{r['batched_samples_per_s']:,.0f}",
+            f"{r['big_batch_samples_per_s']:,.0f}",
+            f"{r['batched_vs_sequential']:.1f}x",
+            f"{r['batched_vs_big_batch']:.0%}",
+            f"{r['sequential_peak_mb']:,.0f} / {r['batched_peak_mb']:,.0f} / "
+            f"{r['big_batch_peak_mb']:,.0f}",
         )
     console.print(t)
 
@@ -362,23 +464,21 @@ def main(argv: list[str] | None = None) -> int:
         "threads)"
     )
     cuda = torch.cuda.is_available()
-    devices = ["cpu", *(["cuda"] if cuda and "d" in only else [])]
-    ds = None
     if "a" in only:
-        from .experiment import load_data
-
-        ds = load_data(_config())
-        rows = [throughput(m, dev, args.repeats, ds) for dev in devices for m in MODELS]
-        results["throughput"] = rows
-        _print_throughput(rows)
+        results["afd_vs_bare"] = afd_vs_researcher(args.repeats)
+        _print_afd_vs_bare(results["afd_vs_bare"])
     if "b" in only:
-        rows = [r for dev in devices for r in rounds_in_subprocesses(dev, args.repeats)]
-        results["rounds"] = rows
-        _print_rounds(rows)
+        results["rounds"] = rounds_in_subprocesses("cpu", args.repeats)
+        _print_rounds(results["rounds"])
     if "c" in only:
         results["codec"] = codec_sizes()
         _print_codec(results["codec"])
-    if "d" in only and not cuda:
+    if "d" in only and cuda:
+        results["trainers_cuda"] = [trainer_throughput(c) for c in TRAINER_CLIENTS]
+        _print_trainers(results["trainers_cuda"])
+        results["rounds_cuda"] = rounds_in_subprocesses("cuda", args.repeats)
+        _print_rounds(results["rounds_cuda"])
+    elif "d" in only:
         console.print("(d) CUDA: skipped, no GPU visible (torch.cuda.is_available() is False)")
     results["wall_s"] = time.perf_counter() - t_start
     args.out.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,11 @@ It knows nothing about how sub-models are chosen (a :class:`Strategy`), what goe
 (a :class:`Compressor`) or how clients are trained (a trainer with ``train(jobs)``; the
 sequential one can be swapped for a batched GPU engine). Every random draw is seeded from
 ``(seed, round, ...)`` so a run resumed at round ``t`` continues exactly as it would have.
+
+Where tensors live: the global model, the clients' weights and updates, and aggregation are on
+the model's device (a GPU when there is one); payloads are host ``bytes`` and compressors
+keep their per-client state on the host. The loop moves what a compressor decodes onto the
+device, so neither side needs to know where the other runs.
 """
 
 from __future__ import annotations
@@ -42,6 +47,11 @@ def client_seed(seed: int, round: int, client: int) -> int:
     return int(np.random.default_rng([seed, round, client, 0xC1]).integers(2**62))
 
 
+def to_device(params: Params, device: torch.device) -> Params:
+    """Decoded payloads come back as host tensors; training and aggregation need them here."""
+    return {k: v.to(device, non_blocking=True) for k, v in params.items()}
+
+
 def run_round(
     round: int,
     weights: Params,
@@ -59,12 +69,13 @@ def run_round(
     clients = sample_clients(seed, round, len(parts), per_round)
     views = strategy.select(round, clients)
     ctx = RoundContext(round, len(clients))
+    device = next(iter(weights.values())).device
 
     jobs, bytes_down = [], 0
     for cid, view in zip(clients, views, strict=True):
         payload = compressor.encode_down(cid, view.extract(weights), view)
         bytes_down += len(payload)
-        start = compressor.decode_down(cid, payload, view)
+        start = to_device(compressor.decode_down(cid, payload, view), device)
         jobs.append(LocalJob(cid, view.units, start, parts[cid], client_seed(seed, round, cid)))
 
     results: list[LocalResult] = trainer.train(jobs, on_client_done)
@@ -74,7 +85,8 @@ def run_round(
         update = {k: res.weights[k] - job.weights[k] for k in job.weights}
         payload = compressor.encode_up(job.client, update, view, ctx)
         bytes_up += len(payload)
-        mean.add(view, compressor.decode_up(job.client, payload, view), res.num_samples)
+        received = to_device(compressor.decode_up(job.client, payload, view), device)
+        mean.add(view, received, res.num_samples)
     mean.apply_(weights)
 
     losses = [r.loss for r in results]
