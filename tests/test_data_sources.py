@@ -125,7 +125,10 @@ def test_data_missing_message(tmp_path: Path) -> None:
     with pytest.raises(DataMissing) as exc:
         load("mnist", tmp_path)
     msg = str(exc.value)
-    assert msg == f"dataset 'mnist' is not in {tmp_path}; fetch it with: afd data fetch mnist"
+    assert msg == (
+        f"dataset 'mnist' is not in {tmp_path}; "
+        f"fetch it with: afd data fetch mnist --data-dir {tmp_path}"
+    )
     assert "\n" not in msg
     with pytest.raises(ValueError, match="unknown dataset"):
         load("cifar", tmp_path)

@@ -130,11 +130,9 @@ def check(overrides: list[str]) -> None:
     from . import data
 
     cfg = validate(compose(overrides))
-    name = cfg.dataset.name
-    if not data.is_fetched(name, Path(cfg.data_dir).expanduser()):
-        raise ConfigError(
-            f"dataset {name!r} is not in {cfg.data_dir}; fetch it with: afd data fetch {name}"
-        )
+    name, data_dir = cfg.dataset.name, Path(cfg.data_dir).expanduser()
+    if not data.is_fetched(name, data_dir):
+        raise ConfigError(str(data.DataMissing(name, data_dir)))
 
 
 def _hydra_task(cfg: DictConfig) -> None:
@@ -360,7 +358,9 @@ def data_list(data_dir: Path = typer.Option(None, help="Cache directory.")) -> N
 
 
 def _data_dir(opt: Path | None) -> Path:
-    return (opt or Path(os.environ.get("AFD_DATA_DIR", "~/.cache/afd-cli"))).expanduser()
+    from .data.cache import default_data_dir
+
+    return opt.expanduser() if opt else default_data_dir()
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -20,12 +21,26 @@ import torch
 MANIFEST = "manifest.json"
 
 
+def default_data_dir() -> Path:
+    """Where ``afd data fetch`` caches when given no --data-dir (conf/config.yaml agrees)."""
+    return Path(os.environ.get("AFD_DATA_DIR", "~/.cache/afd-cli")).expanduser()
+
+
+def fetch_command(name: str, data_dir: Path) -> str:
+    """The command that (re)fetches ``name`` into ``data_dir``; --data-dir only when needed."""
+    cmd = f"afd data fetch {name}"
+    data_dir = Path(data_dir).expanduser()
+    if data_dir.resolve() != default_data_dir().resolve():
+        cmd += f" --data-dir {shlex.quote(str(data_dir))}"
+    return cmd
+
+
 class DataMissing(RuntimeError):
     """A dataset was asked for that has not been fetched into the cache (one-line message)."""
 
     def __init__(self, name: str, data_dir: Path) -> None:
         super().__init__(
-            f"dataset '{name}' is not in {data_dir}; fetch it with: afd data fetch {name}"
+            f"dataset '{name}' is not in {data_dir}; fetch it with: {fetch_command(name, data_dir)}"
         )
         self.name = name
         self.data_dir = data_dir
