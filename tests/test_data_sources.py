@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from afd_cli.data import NAMES, DataMissing, fetch, load, status
+from afd_cli.data import NAMES, DataDamaged, DataMissing, fetch, load, status
 from afd_cli.data.cache import MANIFEST
 from afd_cli.data.datasets import DATASETS
 from afd_cli.data.datasets import shakespeare as shk
@@ -177,6 +177,12 @@ def test_fetch_and_load_mnist5k(tmp_path: Path) -> None:
     cache_file.write_bytes(bytes(data))
     row = {r["name"]: r for r in status(tmp_path)}["mnist5k"]
     assert row["checksum_ok"] is False
+    with pytest.raises(DataDamaged, match="mnist5k.pt differs from the fetched file"):
+        load("mnist5k", tmp_path)
+    # the command the error names repairs it
+    fetch("mnist5k", tmp_path, log=logs.append)
+    assert "downloading" in " ".join(logs[-3:])
+    assert len(load("mnist5k", tmp_path, seed=0, test_fraction=0.1).train) == 4500
 
 
 @pytest.mark.skipif(not _cached("mnist"), reason="mnist not fetched into ~/.cache/afd-cli")

@@ -5,14 +5,16 @@ Where things live: ``samples`` (in-memory tensors), ``cache`` (files, manifests,
 its ``__init__``), ``partition`` (splitting a dataset over clients).
 """
 
-from afd_cli.data.cache import DataMissing
-from afd_cli.data.catalog import fetch, is_fetched, load, status
+from afd_cli.data.cache import DataDamaged, DataError, DataMissing
+from afd_cli.data.catalog import fetch, is_fetched, load, status, verify
 from afd_cli.data.datasets import NAMES
 from afd_cli.data.partition import partition, partition_table
 from afd_cli.data.samples import FederatedDataset, Samples, TensorSamples, WindowSamples
 
 __all__ = [
     "NAMES",
+    "DataDamaged",
+    "DataError",
     "DataMissing",
     "FederatedDataset",
     "Samples",
@@ -24,4 +26,5 @@ __all__ = [
     "partition",
     "partition_table",
     "status",
+    "verify",
 ]
