@@ -67,7 +67,7 @@ def test_bad_override_exits_2_with_one_line_and_no_run_dir(tmp_path):
 
 
 def test_missing_dataset_names_the_fetch_command(tmp_path):
-    with pytest.raises(ConfigError, match="afd data fetch mnist5k"):
+    with pytest.raises(ConfigError, match=f"afd data fetch mnist5k --data-dir {tmp_path}$"):
         cli.check(["dataset=mnist5k", f"data_dir={tmp_path}"])
 
 

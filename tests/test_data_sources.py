@@ -8,15 +8,28 @@ import numpy as np
 import pytest
 import torch
 
-from afd_cli.data import NAMES, DataMissing, fetch, load, status
-from afd_cli.data import sources as src
-from afd_cli.data.sources import ALL_LETTERS, TensorSamples, WindowSamples
+from afd_cli.data import NAMES, DataDamaged, DataMissing, fetch, load, status
+from afd_cli.data.cache import MANIFEST
+from afd_cli.data.datasets import DATASETS
+from afd_cli.data.datasets import shakespeare as shk
+from afd_cli.data.datasets.shakespeare import ALL_LETTERS
+from afd_cli.data.samples import TensorSamples, WindowSamples
 
 CACHE = Path.home() / ".cache" / "afd-cli"
 
 
 def _cached(name: str) -> bool:
-    return (CACHE / name / src.MANIFEST).is_file()
+    return (CACHE / name / MANIFEST).is_file()
+
+
+def test_old_sources_module_still_exports_its_names() -> None:
+    """``afd_cli.data.sources`` was split up; imports of it keep working."""
+    from afd_cli.data import sources
+
+    assert sources.load is load and sources.fetch is fetch and sources.NAMES == NAMES
+    assert sources.CACHE_FILE["mnist5k"] == "mnist5k.pt" and sources.MANIFEST == MANIFEST
+    assert sources.SOURCES["digits"].kind == "bundled"
+    assert sources.parse_play is shk.parse_play and sources.WindowSamples is WindowSamples
 
 
 def test_window_samples_batch_returns_right_chars() -> None:
@@ -73,22 +86,22 @@ def test_parse_play_handmade_snippet(tmp_path: Path) -> None:
     path = tmp_path / "tiny.md"
     assert "**ALPHA**  \n" in PLAY
     path.write_text(PLAY, encoding="utf-8")
-    roles = src.parse_play(path.read_text(encoding="utf-8"))
+    roles = shk.parse_play(path.read_text(encoding="utf-8"))
     assert roles == {
         "ALPHA": ["Good morrow, friend;", "how fares the day?", "Farewell."],
         "BETA": ["Well\u2014and well again."],
     }
-    groups = src.parse_plays({"tiny": PLAY})
+    groups = shk.parse_plays({"tiny": PLAY})
     assert groups[0] == ("tiny/ALPHA", "Good morrow, friend;\nhow fares the day?\nFarewell.")
-    codes = src.encode_text(groups[1][1])
+    codes = shk.encode_text(groups[1][1])
     assert "".join(ALL_LETTERS[i] for i in codes) == "Well-and well again."
-    assert src.encode_text("$").tolist() == [ALL_LETTERS.index(" ")]
+    assert shk.encode_text("$").tolist() == [ALL_LETTERS.index(" ")]
 
 
 def test_shakespeare_windows_split_per_role() -> None:
     roles = [("p/A", "a" * 30), ("p/B", "b" * 5), ("p/C", "c" * 15)]
-    enc = src._encode_roles(roles)
-    ds = src.shakespeare_dataset(
+    enc = shk.encode_roles(roles)
+    ds = shk.shakespeare_dataset(
         enc["text"], enc["lengths"].numpy(), enc["names"], seq_len=4, stride=1, test_fraction=0.2
     )
     # role A: 26 windows -> 21 train + 5 test; B: 1 -> 1 + 0; C: 11 -> 9 + 2
@@ -102,7 +115,7 @@ def test_shakespeare_windows_split_per_role() -> None:
     # chronological: every test window starts after every train window of its role
     tr_a = ds.train.starts[torch.from_numpy(ds.groups == 0)]
     assert int(tr_a.max()) < int(ds.test.starts[:5].min())
-    capped = src.shakespeare_dataset(
+    capped = shk.shakespeare_dataset(
         enc["text"], enc["lengths"].numpy(), enc["names"], seq_len=4, max_test_samples=3
     )
     assert len(capped.test) == 3
@@ -112,7 +125,10 @@ def test_data_missing_message(tmp_path: Path) -> None:
     with pytest.raises(DataMissing) as exc:
         load("mnist", tmp_path)
     msg = str(exc.value)
-    assert msg == f"dataset 'mnist' is not in {tmp_path}; fetch it with: afd data fetch mnist"
+    assert msg == (
+        f"dataset 'mnist' is not in {tmp_path}; "
+        f"fetch it with: afd data fetch mnist --data-dir {tmp_path}"
+    )
     assert "\n" not in msg
     with pytest.raises(ValueError, match="unknown dataset"):
         load("cifar", tmp_path)
@@ -155,12 +171,18 @@ def test_fetch_and_load_mnist5k(tmp_path: Path) -> None:
     assert ds.input_shape == (1, 28, 28)
     assert np.bincount(ds.test.labels.numpy()).tolist() == [50] * 10
     # a corrupted cache file is reported, not trusted
-    cache_file = tmp_path / "mnist5k" / src.CACHE_FILE["mnist5k"]
+    cache_file = tmp_path / "mnist5k" / DATASETS["mnist5k"].cache_file
     data = bytearray(cache_file.read_bytes())
     data[len(data) // 2] ^= 0xFF
     cache_file.write_bytes(bytes(data))
     row = {r["name"]: r for r in status(tmp_path)}["mnist5k"]
     assert row["checksum_ok"] is False
+    with pytest.raises(DataDamaged, match="mnist5k.pt differs from the fetched file"):
+        load("mnist5k", tmp_path)
+    # the command the error names repairs it
+    fetch("mnist5k", tmp_path, log=logs.append)
+    assert "downloading" in " ".join(logs[-3:])
+    assert len(load("mnist5k", tmp_path, seed=0, test_fraction=0.1).train) == 4500
 
 
 @pytest.mark.skipif(not _cached("mnist"), reason="mnist not fetched into ~/.cache/afd-cli")

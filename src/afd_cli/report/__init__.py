@@ -1,0 +1,91 @@
+"""``afd report``: merge the ``metrics.csv`` of many runs into one comparison over seeds.
+
+Runs are found recursively under the given paths (a run dir, a sweep dir, or several). Each
+run's config comes from its ``summary.json`` (``"config"``), else ``.hydra/config.yaml``, else
+the config columns of ``metrics.csv``. Runs are grouped by everything but the seed: the five
+core keys (dataset, model, partition, strategy, compression) plus any other config key whose
+value differs between runs that share those five (e.g. ``strategy.rate`` in a rate sweep).
+
+Per configuration: final and best accuracy (mean ± std over seeds), rounds and MB (up + down)
+to reach a target accuracy, total MB up/down, and the reduction factor against FedAvg with no
+compression of the same setting. Outputs: ``summary.csv``, ``report.md``, ``all_metrics.csv``
+and the PNG figures of ``plots.FIGURES`` (accuracy vs round, accuracy vs cumulative MB).
+
+Where things live: ``load`` (reading run dirs, --rounds), ``group`` (grouping over seeds,
+targets, reduction), ``tables`` (Markdown and terminal tables), ``plots`` (one function per
+figure), ``common`` (shared records and constants). This module ties them together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .common import CORE_KEYS, Report, ReportError, Run, constant_keys
+from .group import analyse, grouping_keys
+from .load import find_metrics, load_runs, read_config, read_metrics
+from .plots import FIGURES, PLOTS, plot
+from .tables import markdown, rich_table, table_rows
+
+__all__ = [
+    "CORE_KEYS",
+    "FIGURES",
+    "PLOTS",
+    "Report",
+    "ReportError",
+    "Run",
+    "analyse",
+    "build",
+    "constant_keys",
+    "find_metrics",
+    "grouping_keys",
+    "load_runs",
+    "markdown",
+    "plot",
+    "read_config",
+    "read_metrics",
+    "rich_table",
+    "table_rows",
+    "write",
+]
+
+
+def write(report: Report, out_dir: Path) -> dict[str, Path]:
+    """summary.csv, all_metrics.csv, report.md and the plots in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {
+        "summary": out_dir / "summary.csv",
+        "metrics": out_dir / "all_metrics.csv",
+        "markdown": out_dir / "report.md",
+    }
+    report.summary.to_csv(files["summary"], index=False)
+    report.curves.to_csv(files["metrics"], index=False)
+    plots = plot(report, out_dir)
+    files["markdown"].write_text(markdown(report, [p.name for p in plots]))
+    for p in plots:
+        files[p.stem] = p
+    return files
+
+
+def build(
+    paths: Sequence[Path],
+    target: float | None = None,
+    warn: Callable[[str], Any] | None = None,
+    rounds: int | None = None,
+) -> Report:
+    """Load, check and analyse the runs under ``paths`` (raises ReportError on bad input).
+
+    ``rounds`` cuts every run at that round, so runs of different lengths (or one long run)
+    are compared "after the same rounds"; runs that stop earlier are kept, with a warning.
+    """
+    if target is not None and not 0 < target <= 1:
+        raise ReportError(f"--target={target} is out of range; expected an accuracy in (0, 1]")
+    if rounds is not None and rounds < 1:
+        raise ReportError(f"--rounds={rounds} is out of range; expected an integer >= 1")
+    runs, messages = load_runs(paths, warn, rounds)
+    report = analyse(runs, target)
+    if rounds is not None:
+        report.target_note += f"; runs cut at round {rounds} (--rounds)"
+    report.warnings = messages
+    return report

@@ -1,0 +1,54 @@
+"""What the report modules share: the grouping constants, the error type and the two records
+(a loaded run, a finished report)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+CORE_KEYS = ("dataset", "model", "partition", "strategy", "compression")
+# Config keys that never make two runs different experiments.
+IGNORED_KEYS = {
+    "seed",
+    "device",
+    "data_dir",
+    "progress",
+    "resume",
+    "checkpoint_every",
+    "schedule.eval_batch_size",
+}
+REQUIRED_COLUMNS = ("round", "test_acc", "cum_bytes_down", "cum_bytes_up")
+BASELINE = {"strategy": "fedavg", "compression": "none"}
+DEFAULT_TARGET_SHARE = 0.99
+MB = 1e6
+
+
+class ReportError(ValueError):
+    """A user-facing problem with the inputs of a report; its message is one line."""
+
+
+@dataclass
+class Run:
+    path: Path  # the run directory
+    config: dict[str, Any]  # flattened: {"dataset": "mnist", "strategy.rate": 0.25, ...}
+    metrics: pd.DataFrame
+    finished: bool
+
+
+@dataclass
+class Report:
+    summary: pd.DataFrame  # one row per configuration
+    curves: pd.DataFrame  # all rounds of all runs, with a "config" label column
+    keys: list[str]  # the grouping keys, in display order
+    runs: list[Run]
+    target_note: str
+    warnings: list[str] = field(default_factory=list)
+
+
+def constant_keys(report: Report) -> dict[str, Any]:
+    """Grouping keys with one value over the whole report (shown once, not per row)."""
+    s = report.summary
+    return {k: s[k].iloc[0] for k in report.keys if s[k].astype(str).nunique() == 1}
