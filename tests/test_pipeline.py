@@ -116,3 +116,20 @@ def test_batched_trainer_gives_the_sequential_run(tmp_path, monkeypatch, strateg
     b = torch.load(tmp_path / "bat" / "run" / "checkpoint.pt", weights_only=False)
     for name, w in a["weights"].items():
         torch.testing.assert_close(b["weights"][name], w, rtol=1e-3, atol=1e-5)
+
+
+def test_thread_count_does_not_change_the_numbers(tmp_path):
+    """Clients train side by side on CPU threads, one intra-op thread each: bitwise equal."""
+    before = torch.get_num_threads()
+    try:
+        combo = ("multi", "dgc", True)
+        one, _ = run(tmp_path / "one", combo, "device=cpu", "model=cnn_mnist", "threads=1")
+        two, _ = run(tmp_path / "two", combo, "device=cpu", "model=cnn_mnist", "threads=2")
+    finally:
+        torch.set_num_threads(before)
+    timing = ["wall_s", "train_s"]
+    pd.testing.assert_frame_equal(one.drop(columns=timing), two.drop(columns=timing))
+    a = torch.load(tmp_path / "one" / "run" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "two" / "run" / "checkpoint.pt", weights_only=False)
+    for name, w in a["weights"].items():
+        assert torch.equal(w, b["weights"][name]), name

@@ -108,7 +108,11 @@ class Simulation:
         self.weights = {k: p.data for k, p in self.model.named_parameters()}
         self.full_size = models.num_params(self.model)
         self.evaluate = Evaluator(
-            self.model, self.test, self.cfg.schedule.eval_batch_size, self.cfg.precision
+            self.model,
+            self.test,
+            self.cfg.schedule.eval_batch_size,
+            self.cfg.precision,
+            workers=cpu_workers(self.cfg),
         )
 
     def new_model(self) -> models.FLModel:
@@ -128,6 +132,11 @@ class Simulation:
             full_size=self.full_size,
             on_client_done=on_client_done,
         )
+
+
+def cpu_workers(cfg: RootConfig) -> int:
+    """Clients trained side by side on CPU: one per thread torch may use (``threads``)."""
+    return cfg.threads or torch.get_num_threads()
 
 
 def trainer_kind(cfg: RootConfig, device: torch.device) -> str:
@@ -153,7 +162,7 @@ def make_trainer(cfg: RootConfig, model: models.FLModel, train: data.Samples, de
         from .federated.batched import BatchedTrainer
 
         return BatchedTrainer(model, train, chunk=cfg.trainer.chunk, **opts)
-    return SequentialTrainer(model, train, **opts)
+    return SequentialTrainer(model, train, workers=cpu_workers(cfg), **opts)
 
 
 def build(cfg: RootConfig, ds: data.FederatedDataset | None = None) -> Simulation:

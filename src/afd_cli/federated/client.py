@@ -6,13 +6,16 @@ generator seeded from (seed, round, client), so a run is reproducible and resuma
 
 Speed without changing the numbers' meaning: conv models train and evaluate in channels_last
 (NHWC) memory layout, which this CPU's conv kernels run faster; weights handed in and out stay
-in the standard contiguous layout, so nothing downstream sees the difference.
-``precision=bf16`` autocasts forward passes (a choice that does change the numbers).
+in the standard contiguous layout, so nothing downstream sees the difference. On CPU, clients
+(and slices of the test set) run side by side on ``workers`` threads with one intra-op thread
+each (:mod:`.workers` says why). ``precision=bf16`` autocasts forward passes (a choice that
+does change the numbers).
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +27,7 @@ from torch.nn import functional as F
 
 from ..data import Samples
 from ..models import FLModel
+from .workers import map_ordered
 
 Params = dict[str, torch.Tensor]
 
@@ -86,30 +90,35 @@ class SequentialTrainer:
         weight_decay: float,
         device: torch.device,
         precision: str = "fp32",
+        workers: int = 1,
     ):
         self.model, self.data, self.device = model, data, device
         self.epochs, self.batch_size = epochs, batch_size
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         self.precision = precision
         self.format = memory_format(model)
-        self._modules: dict[tuple[int, ...], nn.Module] = {}
+        self.workers = workers if torch.device(device).type == "cpu" else 1
+        self._local = threading.local()  # each worker thread reuses its own modules
 
     def module_for(self, units: dict[str, int]) -> nn.Module:
+        modules = self._local.__dict__.setdefault("modules", {})
         key = tuple(units[k] for k in sorted(units))
-        if key not in self._modules:
+        if key not in modules:
             module = self.model.with_units(units).to(self.device)
-            self._modules[key] = module.to(memory_format=self.format)
-        return self._modules[key]
+            modules[key] = module.to(memory_format=self.format)
+        return modules[key]
 
     def train(
         self, jobs: list[LocalJob], on_done: Callable[[], None] | None = None
     ) -> list[LocalResult]:
-        results = []
-        for job in jobs:
-            results.append(self.train_one(job))
-            if on_done:
-                on_done()
-        return results
+        if self.device.type != "cpu":
+            results = []
+            for job in jobs:
+                results.append(self.train_one(job))
+                if on_done:
+                    on_done()
+            return results
+        return map_ordered(self.train_one, jobs, self.workers, on_done)
 
     def train_one(self, job: LocalJob) -> LocalResult:
         t0 = time.perf_counter()
@@ -147,28 +156,49 @@ class SequentialTrainer:
 
 
 @torch.inference_mode()
-def evaluate(
-    module: nn.Module, data: Samples, batch_size: int, precision: str = "fp32"
-) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``module`` on all of ``data``.
-
-    Sums stay on the device until the end: one host sync per evaluation, not per batch.
-    """
-    module.eval()
-    n = len(data)
+def _evaluate_batches(
+    module: nn.Module, data: Samples, batches: list[torch.Tensor], precision: str
+) -> torch.Tensor:
+    """``[loss sum, correct]`` per batch, kept on the device (no host sync per batch)."""
     device = next(module.parameters()).device
     fmt = memory_format(module)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    for batch in torch.arange(n, device=device).split(batch_size):
+    out = torch.zeros(len(batches), 2, dtype=torch.float64, device=device)
+    for i, batch in enumerate(batches):
         x, y = data.batch(batch)
         if x.dim() == 4:
             x = x.contiguous(memory_format=fmt)
         with autocast(device, precision):
-            out = module(x).float()
-        loss_sum += F.cross_entropy(out, y, reduction="sum")
-        correct += (out.argmax(1) == y).sum()
-    return float(loss_sum) / n, int(correct) / n
+            logits = module(x).float()
+        out[i, 0] = F.cross_entropy(logits, y, reduction="sum")
+        out[i, 1] = (logits.argmax(1) == y).sum()
+    return out
+
+
+def evaluate(
+    module: nn.Module,
+    data: Samples,
+    batch_size: int,
+    precision: str = "fp32",
+    modules: list[nn.Module] | None = None,
+) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``module`` on all of ``data``.
+
+    With ``modules`` (copies of ``module``, CPU), contiguous runs of batches are evaluated on
+    that many threads; per-batch sums are added in batch order, so the result does not depend
+    on how many there are.
+    """
+    module.eval()
+    n = len(data)
+    device = next(module.parameters()).device
+    batches = list(torch.arange(n, device=device).split(batch_size))
+    copies = modules or [module]
+    for m in copies:
+        m.eval()
+    share = -(-len(batches) // len(copies))
+    runs = [(m, batches[i * share : (i + 1) * share]) for i, m in enumerate(copies)]
+    sums = map_ordered(lambda r: _evaluate_batches(r[0], data, r[1], precision), runs, len(runs))
+    total = torch.cat(sums).cpu()
+    return float(total[:, 0].sum()) / n, float(total[:, 1].sum()) / n
 
 
 class Evaluator:
@@ -179,14 +209,27 @@ class Evaluator:
     far less than the layout saves on 10,000 test images.
     """
 
-    def __init__(self, model: FLModel, data: Samples, batch_size: int, precision: str = "fp32"):
+    def __init__(
+        self,
+        model: FLModel,
+        data: Samples,
+        batch_size: int,
+        precision: str = "fp32",
+        workers: int = 1,
+    ):
         device = next(model.parameters()).device
-        self.module = model.with_units(model.units).to(device)
-        self.module = self.module.to(memory_format=memory_format(self.module))
+        workers = workers if device.type == "cpu" else 1
+        self.modules = [
+            model.with_units(model.units).to(device).to(memory_format=memory_format(model))
+            for _ in range(workers)
+        ]
         self.data, self.batch_size, self.precision = data, batch_size, precision
 
     def __call__(self, weights: Params) -> tuple[float, float]:
         with torch.no_grad():
-            for name, p in self.module.named_parameters():
-                p.copy_(weights[name])
-        return evaluate(self.module, self.data, self.batch_size, self.precision)
+            for module in self.modules:
+                for name, p in module.named_parameters():
+                    p.copy_(weights[name])
+        return evaluate(
+            self.modules[0], self.data, self.batch_size, self.precision, modules=self.modules
+        )
