@@ -133,3 +133,11 @@ def test_thread_count_does_not_change_the_numbers(tmp_path):
     b = torch.load(tmp_path / "two" / "run" / "checkpoint.pt", weights_only=False)
     for name, w in a["weights"].items():
         assert torch.equal(w, b["weights"][name]), name
+
+
+@pytest.mark.parametrize("trainer", ["sequential", "batched"])
+def test_bf16_autocast_trains_and_evaluates(tmp_path, trainer):
+    combo = ("fd", "q8", False)
+    df, summary = run(tmp_path, combo, "device=cpu", "precision=bf16", f"trainer={trainer}")
+    check(df, summary)
+    assert summary["config"]["precision"] == "bf16"
