@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DATASETS ?= mnist digits
 
-.PHONY: setup data test lint format run benchmark clean
+.PHONY: setup data test lint format run benchmark gpu-check clean
 
 setup: $(STAMP) data
 
@@ -38,6 +38,13 @@ run: setup
 benchmark: $(STAMP)
 	$(BIN)/afd data fetch mnist >/dev/null
 	$(BIN)/python -m afd_cli.bench
+
+# On a machine with a CUDA GPU: the CUDA tests (they skip elsewhere) and the GPU benchmark (d).
+gpu-check: $(STAMP)
+	$(BIN)/afd data fetch digits >/dev/null
+	$(BIN)/afd data fetch mnist >/dev/null
+	$(BIN)/python -m pytest -q -rs -k cuda tests/test_pipeline.py
+	$(BIN)/python -m afd_cli.bench --only d --repeats 2
 
 clean:
 	rm -rf outputs/runs outputs/sweeps outputs/benchmarks .pytest_cache

@@ -11,13 +11,15 @@
 (c) codec sizes against the entropy bound (sparse at 99% / 99.9%, dense fp32 / fp16 / q8);
 (d) CUDA only: client-samples/s of the sequential and the batched trainer at C = 10, 50, 100
     clients (cnn_femnist, B=10, 200 samples per client) next to one big batch of the same
-    total size through one model, with peak GPU memory; then (b) on the GPU.
+    total size through one model, with peak GPU memory; then (b) on the GPU;
+(e) the same trainers on CPU (cnn_mnist and mlp, 10 clients x 600 samples): the measurement
+    behind ``trainer=auto`` choosing sequential on CPU.
 
 Setup of (a), (b): MNIST iid, 100 clients, 10 per round, E=1, B=10, lr 0.05. Times are
 medians over ``--repeats`` rounds after one warm-up round. Results are printed and written to
 ``outputs/benchmarks/<time>.json``.
 
-    python -m afd_cli.bench [--repeats 3] [--out outputs/benchmarks] [--only a,b,c,d]
+    python -m afd_cli.bench [--repeats 3] [--out outputs/benchmarks] [--only a,b,c,d,e]
 """
 
 from __future__ import annotations
@@ -164,8 +166,25 @@ def afd_vs_researcher(repeats: int, device: str = "cpu", ds=None) -> dict[str, A
 # ------------------------------------------------------------------ (d) trainers on CUDA
 
 
-def trainer_throughput(clients: int, device: str = "cuda", samples: int = 200) -> dict[str, Any]:
-    """(d): client-samples/s of sequential and batched trainers vs one big batch, one round."""
+def _reset_peak(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+
+
+def _peak_mb(dev: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
+
+
+def trainer_throughput(
+    clients: int,
+    device: str = "cuda",
+    samples: int = 200,
+    model_name: str = "cnn_femnist",
+    workers: int = 1,
+) -> dict[str, Any]:
+    """Client-samples/s of the sequential and batched trainers on one round of ``clients``
+    (B=10, ``samples`` each, random 28x28 images), next to one big batch of the same total
+    size through one model; peak GPU memory of each on CUDA. (d) on CUDA, (e) on CPU."""
     from . import models
     from .data import TensorSamples
     from .federated.batched import BatchedTrainer
@@ -178,7 +197,7 @@ def trainer_throughput(clients: int, device: str = "cuda", samples: int = 200) -
     data = TensorSamples(torch.rand(n, 1, 28, 28, generator=gen), torch.randint(62, (n,)))
     data = data.to(dev)
     torch.manual_seed(0)
-    model = models.build("cnn_femnist", (1, 28, 28), 62).to(dev)
+    model = models.build(model_name, (1, 28, 28), 62).to(dev)
     weights = {k: p.detach() for k, p in model.named_parameters()}
     view = View(model)
     jobs = [
@@ -192,20 +211,21 @@ def trainer_throughput(clients: int, device: str = "cuda", samples: int = 200) -
         for c in range(clients)
     ]
     opts = dict(epochs=1, batch_size=10, lr=0.05, momentum=0.0, weight_decay=0.0, device=dev)
-    out: dict[str, Any] = {"clients": clients, "client_samples": n}
+    out: dict[str, Any] = {"model": model_name, "device": str(dev), "clients": clients}
+    out["client_samples"] = n
     for name, trainer in (
-        ("sequential", SequentialTrainer(model, data, **opts)),
+        ("sequential", SequentialTrainer(model, data, workers=workers, **opts)),
         ("batched", BatchedTrainer(model, data, chunk=None, **opts)),
     ):
         trainer.train(jobs[: min(2, clients)])  # warm-up: kernels, allocator, module cache
         _sync(dev)
-        torch.cuda.reset_peak_memory_stats(dev)
+        _reset_peak(dev)
         t0 = time.perf_counter()
         trainer.train(jobs)
         _sync(dev)
         out[f"{name}_samples_per_s"] = n / (time.perf_counter() - t0)
-        out[f"{name}_peak_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
-    big = models.build("cnn_femnist", (1, 28, 28), 62).to(dev)
+        out[f"{name}_peak_mb"] = _peak_mb(dev)
+    big = models.build(model_name, (1, 28, 28), 62).to(dev)
     opt = torch.optim.SGD(big.parameters(), lr=0.05)
     steps = samples // 10
     batches = torch.randperm(n, generator=gen).to(dev).split(clients * 10)
@@ -220,12 +240,12 @@ def trainer_throughput(clients: int, device: str = "cuda", samples: int = 200) -
 
     one_pass()
     _sync(dev)
-    torch.cuda.reset_peak_memory_stats(dev)
+    _reset_peak(dev)
     t0 = time.perf_counter()
     one_pass()
     _sync(dev)
     out["big_batch_samples_per_s"] = n / (time.perf_counter() - t0)
-    out["big_batch_peak_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
+    out["big_batch_peak_mb"] = _peak_mb(dev)
     out["batched_vs_sequential"] = out["batched_samples_per_s"] / out["sequential_samples_per_s"]
     out["batched_vs_big_batch"] = out["batched_samples_per_s"] / out["big_batch_samples_per_s"]
     return out
@@ -375,22 +395,25 @@ def _print_afd_vs_bare(r: dict[str, Any]) -> None:
     console.print(t)
 
 
-def _print_trainers(rows: list[dict[str, Any]]) -> None:
-    t = Table(title="(d) CUDA trainers, cnn_femnist, B=10, 200 samples/client: client-samples/s")
-    for c in ("clients", "sequential", "batched", "one big batch", "batched/seq"):
+def _print_trainers(rows: list[dict[str, Any]], title: str) -> None:
+    t = Table(title=title)
+    for c in ("model", "clients", "sequential", "batched", "one big batch", "batched/seq"):
         t.add_column(c, justify="right")
     t.add_column("batched/big", justify="right")
     t.add_column("peak MB seq / batched / big", justify="right")
     for r in rows:
         t.add_row(
+            r["model"],
             str(r["clients"]),
             f"{r['sequential_samples_per_s']:,.0f}",
             f"{r['batched_samples_per_s']:,.0f}",
             f"{r['big_batch_samples_per_s']:,.0f}",
             f"{r['batched_vs_sequential']:.1f}x",
             f"{r['batched_vs_big_batch']:.0%}",
-            f"{r['sequential_peak_mb']:,.0f} / {r['batched_peak_mb']:,.0f} / "
-            f"{r['big_batch_peak_mb']:,.0f}",
+            " / ".join(
+                f"{r[k]:,.0f}" if r[k] is not None else "-"
+                for k in ("sequential_peak_mb", "batched_peak_mb", "big_batch_peak_mb")
+            ),
         )
     console.print(t)
 
@@ -439,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m afd_cli.bench", description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=3, help="timed rounds per measurement")
     ap.add_argument("--out", type=Path, default=Path("outputs/benchmarks"))
-    ap.add_argument("--only", default="a,b,c,d", help="sections to run, e.g. a,c")
+    ap.add_argument("--only", default="a,b,c,d,e", help="sections to run, e.g. a,c")
     ap.add_argument("--child", nargs=4, metavar=("STRATEGY", "COMPRESSION", "DEVICE", "ROUNDS"))
     args = ap.parse_args(argv)
     if args.child:
@@ -456,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "repeats": args.repeats,
-        "setup": "mnist iid, 100 clients, 10 per round, E=1, B=10, lr 0.05, no test eval",
+        "setup": "mnist iid, 100 clients, 10 per round, E=1, B=10, lr 0.05",
     }
     console.print(
         f"[bold]afd benchmark[/]: {results['setup']}; medians of {args.repeats} rounds; "
@@ -475,11 +498,24 @@ def main(argv: list[str] | None = None) -> int:
         _print_codec(results["codec"])
     if "d" in only and cuda:
         results["trainers_cuda"] = [trainer_throughput(c) for c in TRAINER_CLIENTS]
-        _print_trainers(results["trainers_cuda"])
+        _print_trainers(
+            results["trainers_cuda"],
+            "(d) CUDA trainers, B=10, 200 samples/client: client-samples/s",
+        )
         results["rounds_cuda"] = rounds_in_subprocesses("cuda", args.repeats)
         _print_rounds(results["rounds_cuda"])
     elif "d" in only:
         console.print("(d) CUDA: skipped, no GPU visible (torch.cuda.is_available() is False)")
+    if "e" in only:
+        workers = torch.get_num_threads()
+        results["trainers_cpu"] = [
+            trainer_throughput(10, "cpu", 600, m, workers) for m in ("cnn_mnist", "mlp")
+        ]
+        _print_trainers(
+            results["trainers_cpu"],
+            f"(e) CPU trainers (why trainer=auto is sequential here), 10 clients x 600 "
+            f"samples, B=10, {workers} threads: client-samples/s",
+        )
     results["wall_s"] = time.perf_counter() - t_start
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}.json"
