@@ -5,6 +5,8 @@ client with fewer samples than a batch), chunks are smaller than the round, and 
 weight decay are on, so every branch of the stacked SGD is exercised.
 """
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -12,12 +14,11 @@ from afd_cli import models, submodel
 from afd_cli.data.sources import TensorSamples, WindowSamples
 from afd_cli.federated import batched
 from afd_cli.federated.batched import BatchedTrainer, chunk_from_memory
-from afd_cli.federated.client import LocalJob, SequentialTrainer
+from afd_cli.federated.client import LocalJob, LocalSGD, SequentialTrainer
 
 SIZES = (3, 17, 25, 40)
-OPTS = dict(
-    epochs=2, batch_size=10, lr=0.05, momentum=0.9, weight_decay=1e-3, device=torch.device("cpu")
-)
+SGD = LocalSGD(epochs=2, batch_size=10, lr=0.05, momentum=0.9, weight_decay=1e-3)
+CPU = torch.device("cpu")
 
 
 def _images(n=100, shape=(1, 8, 8), classes=10, seed=0):
@@ -52,10 +53,12 @@ def _jobs(model, data, sizes=SIZES, rates=None, seed=0):
 
 
 def _assert_same(model, data, jobs, chunk, **opts):
-    opts = OPTS | opts
-    seq = SequentialTrainer(model, data, **opts).train(jobs)
+    sgd = replace(SGD, **opts)
+    seq = SequentialTrainer(model, data, sgd, device=CPU).train(jobs)
     done = []
-    got = BatchedTrainer(model, data, chunk=chunk, **opts).train(jobs, lambda: done.append(1))
+    got = BatchedTrainer(model, data, sgd, device=CPU, chunk=chunk).train(
+        jobs, lambda: done.append(1)
+    )
     assert len(got) == len(jobs) == len(done)
     for job, s, b in zip(jobs, seq, got, strict=True):
         assert b.num_samples == s.num_samples == len(job.indices)
@@ -105,7 +108,7 @@ def test_sub_models_of_one_rate_and_the_full_model_in_one_round(make):
 
 def test_char_lstm_batched_equals_sequential():
     model, data = models.CharLSTM(20, {"lstm1": 6, "lstm2": 5}, embed_dim=4), _text()
-    trainer = BatchedTrainer(model, data, chunk=3, **OPTS)
+    trainer = BatchedTrainer(model, data, SGD, device=CPU, chunk=3)
     assert trainer.batched  # a functional LSTM, not the sequential fallback
     jobs = _jobs(model, data, rates=[0.5, 0.5, None, 0.5])
     _assert_same(model, data, jobs, chunk=3)
@@ -117,10 +120,10 @@ def test_other_recurrent_models_fall_back_to_sequential_with_one_note(capsys):
             return OtherLSTM(self.vocab, units, self.embed_dim)
 
     model, data = OtherLSTM(20, {"lstm1": 6}, embed_dim=4), _text()
-    trainer = BatchedTrainer(model, data, chunk=2, **OPTS)
+    trainer = BatchedTrainer(model, data, SGD, device=CPU, chunk=2)
     assert not trainer.batched
     jobs = _jobs(model, data, sizes=(17, 25))
-    seq = SequentialTrainer(model, data, **OPTS).train(jobs)
+    seq = SequentialTrainer(model, data, SGD, device=CPU).train(jobs)
     for _ in range(2):
         got = trainer.train(jobs)
     for s, b in zip(seq, got, strict=True):
@@ -134,10 +137,12 @@ def test_other_recurrent_models_fall_back_to_sequential_with_one_note(capsys):
 def test_auto_chunk_on_cpu_and_chunking_does_not_change_numbers(monkeypatch):
     model, data = _mlp(), _images()
     jobs = _jobs(model, data)
-    assert BatchedTrainer(model, data, **OPTS).chunk_size(jobs[0], 100) == batched.CPU_CHUNK
+    assert (
+        BatchedTrainer(model, data, SGD, device=CPU).chunk_size(jobs[0], 100) == batched.CPU_CHUNK
+    )
     whole = _assert_same(model, data, jobs, chunk=None)
     monkeypatch.setattr(batched, "CPU_CHUNK", 1)
-    ones = BatchedTrainer(model, data, chunk=None, **OPTS).train(jobs)
+    ones = BatchedTrainer(model, data, SGD, device=CPU, chunk=None).train(jobs)
     for a, b in zip(whole, ones, strict=True):
         assert a.loss == pytest.approx(b.loss, rel=1e-6)
         for k in a.weights:
@@ -153,9 +158,9 @@ def test_chunk_from_memory():
 def test_bf16_runs_and_stays_close():
     model, data = _cnn(), _images()
     jobs = _jobs(model, data)
-    opts = OPTS | dict(precision="bf16")
-    seq = SequentialTrainer(model, data, **opts).train(jobs)
-    got = BatchedTrainer(model, data, chunk=3, **opts).train(jobs)
+    sgd = replace(SGD, precision="bf16")
+    seq = SequentialTrainer(model, data, sgd, device=CPU).train(jobs)
+    got = BatchedTrainer(model, data, sgd, device=CPU, chunk=3).train(jobs)
     for s, b in zip(seq, got, strict=True):
         assert b.loss == pytest.approx(s.loss, rel=2e-2)
         for k, w in s.weights.items():
@@ -167,14 +172,14 @@ def test_empty_round_and_empty_client():
     # partitions give every client >= 1 sample; SequentialTrainer would take one NaN step on
     # an empty batch, the batched trainer leaves such a client where it was with loss 0
     model, data = _mlp(), _images()
-    trainer = BatchedTrainer(model, data, chunk=4, **OPTS)
+    trainer = BatchedTrainer(model, data, SGD, device=CPU, chunk=4)
     assert trainer.train([]) == []
     jobs = _jobs(model, data, sizes=(0, 17))
     got = trainer.train(jobs)
     assert got[0].loss == 0.0 and got[0].num_samples == 0
     for k, w in jobs[0].weights.items():
         assert torch.equal(got[0].weights[k], w)
-    seq = SequentialTrainer(model, data, **OPTS).train(jobs[1:])
+    seq = SequentialTrainer(model, data, SGD, device=CPU).train(jobs[1:])
     assert got[1].loss == pytest.approx(seq[0].loss, rel=1e-5)
     for k, w in seq[0].weights.items():
         torch.testing.assert_close(got[1].weights[k], w, atol=1e-5, rtol=1e-5)

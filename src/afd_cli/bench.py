@@ -188,7 +188,7 @@ def trainer_throughput(
     from . import models
     from .data import TensorSamples
     from .federated.batched import BatchedTrainer
-    from .federated.client import LocalJob, SequentialTrainer
+    from .federated.client import LocalJob, LocalSGD, SequentialTrainer
     from .submodel import View
 
     dev = torch.device(device)
@@ -210,12 +210,12 @@ def trainer_throughput(
         )
         for c in range(clients)
     ]
-    opts = dict(epochs=1, batch_size=10, lr=0.05, momentum=0.0, weight_decay=0.0, device=dev)
+    sgd = LocalSGD(epochs=1, batch_size=10, lr=0.05)
     out: dict[str, Any] = {"model": model_name, "device": str(dev), "clients": clients}
     out["client_samples"] = n
     for name, trainer in (
-        ("sequential", SequentialTrainer(model, data, workers=workers, **opts)),
-        ("batched", BatchedTrainer(model, data, chunk=None, **opts)),
+        ("sequential", SequentialTrainer(model, data, sgd, device=dev, workers=workers)),
+        ("batched", BatchedTrainer(model, data, sgd, device=dev)),
     ):
         trainer.train(jobs[: min(2, clients)])  # warm-up: kernels, allocator, module cache
         _sync(dev)

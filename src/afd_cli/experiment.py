@@ -19,7 +19,7 @@ import torch
 
 from . import compression, data, models, strategies
 from .config import ConfigError, RootConfig
-from .federated.client import Evaluator, SequentialTrainer, Trainer
+from .federated.client import Evaluator, LocalSGD, SequentialTrainer, Trainer
 from .federated.round import RoundResult, run_round
 from .metrics import MetricsWriter, RoundProgress, write_json_atomic
 
@@ -149,20 +149,12 @@ def trainer_kind(cfg: RootConfig, device: torch.device) -> str:
 def make_trainer(cfg: RootConfig, model: models.FLModel, train: data.Samples, device) -> Trainer:
     """The trainer behind ``trainer=``; both take the same jobs and give the same numbers."""
     s = cfg.schedule
-    opts = dict(
-        epochs=s.local_epochs,
-        batch_size=s.batch_size,
-        lr=s.lr,
-        momentum=s.momentum,
-        weight_decay=s.weight_decay,
-        device=device,
-        precision=cfg.precision,
-    )
+    sgd = LocalSGD(s.local_epochs, s.batch_size, s.lr, s.momentum, s.weight_decay, cfg.precision)
     if trainer_kind(cfg, device) == "batched":
         from .federated.batched import BatchedTrainer
 
-        return BatchedTrainer(model, train, chunk=cfg.trainer.chunk, **opts)
-    return SequentialTrainer(model, train, workers=cpu_workers(cfg), **opts)
+        return BatchedTrainer(model, train, sgd, device=device, chunk=cfg.trainer.chunk)
+    return SequentialTrainer(model, train, sgd, device=device, workers=cpu_workers(cfg))
 
 
 def build(cfg: RootConfig, ds: data.FederatedDataset | None = None) -> Simulation:

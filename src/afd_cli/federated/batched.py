@@ -50,7 +50,7 @@ from torch.nn import functional as F
 
 from ..data import Samples
 from ..models import CharLSTM, FLModel
-from .client import LocalJob, LocalResult, Params, SequentialTrainer, autocast
+from .client import LocalJob, LocalResult, LocalSGD, Params, SequentialTrainer, autocast
 
 CPU_CHUNK = 32  # clients trained together on CPU when chunk is None
 MEMORY_SHARE = 0.5  # share of the available GPU memory the auto chunk plans to use
@@ -117,23 +117,15 @@ class BatchedTrainer:
         self,
         model: FLModel,
         data: Samples,
+        sgd: LocalSGD,
         *,
-        chunk: int | None = None,
-        epochs: int,
-        batch_size: int,
-        lr: float,
-        momentum: float,
-        weight_decay: float,
         device: torch.device,
-        precision: str = "fp32",
+        chunk: int | None = None,
     ):
         if chunk is not None and chunk < 1:
             raise ValueError(f"chunk must be >= 1 or None, got {chunk}")
-        self.model, self.data, self.device = model, data, torch.device(device)
-        self.chunk = chunk
-        self.epochs, self.batch_size = epochs, batch_size
-        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
-        self.precision = precision
+        self.model, self.data, self.sgd = model, data, sgd
+        self.device, self.chunk = torch.device(device), chunk
         self._steps: dict[tuple[int, ...], tuple[list[str], StepFn]] = {}
         self._per_client: dict[tuple[int, ...], int] = {}  # probed bytes per client (CUDA)
         self._sequential: SequentialTrainer | None = None
@@ -155,7 +147,7 @@ class BatchedTrainer:
                 def forward(p: Params, x: torch.Tensor, module: nn.Module = module):
                     return functional_call(module, p, (x,))
 
-            device, precision = self.device, self.precision
+            device, precision = self.device, self.sgd.precision
 
             def loss_fn(p: Params, x, y, valid, count) -> torch.Tensor:
                 with autocast(device, precision):
@@ -172,7 +164,7 @@ class BatchedTrainer:
         Client ``c``'s step ``t`` is its ``t``-th batch over all epochs, cut exactly as
         SequentialTrainer cuts it; rows past a client's last step are all invalid.
         """
-        b = self.batch_size
+        b, epochs = self.sgd.batch_size, self.sgd.epochs
         rows, masks = [], []
         for job in jobs:
             idx = job.indices.cpu()
@@ -180,19 +172,19 @@ class BatchedTrainer:
             k = -(-n // b)  # batches per epoch
             gen = torch.Generator().manual_seed(job.seed)
             valid = (torch.arange(k * b) < n).view(k, b)
-            for _ in range(self.epochs):
+            for _ in range(epochs):
                 order = idx[torch.randperm(n, generator=gen)]
                 padded = torch.zeros(k * b, dtype=torch.long)
                 padded[:n] = order
                 rows.append(padded.view(k, b))
                 masks.append(valid)
-        steps = [(-(-len(job.indices) // b)) * self.epochs for job in jobs]
+        steps = [(-(-len(job.indices) // b)) * epochs for job in jobs]
         total = max(steps, default=0)
         index = torch.zeros(total, len(jobs), b, dtype=torch.long)
         valid = torch.zeros(total, len(jobs), b, dtype=torch.bool)
         for c, s in enumerate(steps):
             if s:
-                mine = slice(c * self.epochs, (c + 1) * self.epochs)
+                mine = slice(c * epochs, (c + 1) * epochs)
                 index[:s, c] = torch.cat(rows[mine])
                 valid[:s, c] = torch.cat(masks[mine])
         return index, valid, steps
@@ -265,7 +257,7 @@ class BatchedTrainer:
         index, valid, active = index.to(dev), valid.to(dev), active.to(dev)
         count = valid.sum(-1).clamp(min=1).float()  # real samples per client and step
         loss_sum = torch.zeros(n, device=dev)
-        lr, mom, wd = self.lr, self.momentum, self.weight_decay
+        lr, mom, wd = self.sgd.lr, self.sgd.momentum, self.sgd.weight_decay
         buf: Params = {}
         for t in range(total):
             x, y = self.data.batch(index[t].reshape(-1))
@@ -308,14 +300,6 @@ class BatchedTrainer:
                 file=sys.stderr,
             )
             self._sequential = SequentialTrainer(
-                self.model,
-                self.data,
-                epochs=self.epochs,
-                batch_size=self.batch_size,
-                lr=self.lr,
-                momentum=self.momentum,
-                weight_decay=self.weight_decay,
-                device=self.device,
-                precision=self.precision,
+                self.model, self.data, self.sgd, device=self.device
             )
         return self._sequential

@@ -51,6 +51,18 @@ class LocalResult:
     seconds: float
 
 
+@dataclass(frozen=True)
+class LocalSGD:
+    """What every client runs: ``epochs`` of minibatch SGD with torch.optim.SGD's rule."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    precision: str = "fp32"  # fp32 | bf16 (autocast of the forward pass)
+
+
 class Trainer(Protocol):
     """Trains a round's clients: the seam between the round loop and how training is done."""
 
@@ -82,22 +94,15 @@ class SequentialTrainer:
         self,
         model: FLModel,
         data: Samples,
+        sgd: LocalSGD,
         *,
-        epochs: int,
-        batch_size: int,
-        lr: float,
-        momentum: float,
-        weight_decay: float,
         device: torch.device,
-        precision: str = "fp32",
         workers: int = 1,
     ):
-        self.model, self.data, self.device = model, data, device
-        self.epochs, self.batch_size = epochs, batch_size
-        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
-        self.precision = precision
+        self.model, self.data, self.sgd = model, data, sgd
+        self.device = torch.device(device)
         self.format = memory_format(model)
-        self.workers = workers if torch.device(device).type == "cpu" else 1
+        self.workers = workers if self.device.type == "cpu" else 1
         self._local = threading.local()  # each worker thread reuses its own modules
 
     def module_for(self, units: dict[str, int]) -> nn.Module:
@@ -127,20 +132,21 @@ class SequentialTrainer:
         with torch.no_grad():
             for name, w in job.weights.items():
                 params[name].copy_(w)
+        sgd = self.sgd
         opt = torch.optim.SGD(
-            module.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
+            module.parameters(), lr=sgd.lr, momentum=sgd.momentum, weight_decay=sgd.weight_decay
         )
         gen = torch.Generator().manual_seed(job.seed)
         idx = job.indices
         total, steps = torch.zeros((), device=self.device), 0
         module.train()
-        for _ in range(self.epochs):
+        for _ in range(sgd.epochs):
             order = idx[torch.randperm(len(idx), generator=gen)]
-            for batch in order.split(self.batch_size):
+            for batch in order.split(sgd.batch_size):
                 x, y = self.data.batch(batch)
                 if x.dim() == 4:
                     x = x.contiguous(memory_format=self.format)
-                with autocast(self.device, self.precision):
+                with autocast(self.device, sgd.precision):
                     loss = F.cross_entropy(module(x).float(), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
