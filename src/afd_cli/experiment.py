@@ -202,7 +202,8 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
     }
     ckpt_path = run_dir / CHECKPOINT
     if cfg.resume and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        # host first: generator states and client buffers must stay CPU tensors on a GPU run
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         if ckpt["config"] != _comparable(cfg):
             raise ConfigError(
                 f"{run_dir} holds a run with another config; use a new "
