@@ -119,3 +119,74 @@ def test_scatter_then_extract_round_trips():
     view.scatter_(target, sub)
     for k, v in view.extract(target).items():
         assert torch.equal(v, sub[k])
+
+
+# -- ViewBatch: all clients of one sub-model shape at once ------------------------------------
+
+
+def _batch(name, shape, nc, rates=(0.25, 0.25, 0.25), seed=0):
+    torch.manual_seed(seed)
+    m = models.build(name, shape, nc)
+    full = {k: v.detach().clone() for k, v in m.named_parameters()}
+    gen = torch.Generator().manual_seed(seed + 1)
+    views = [
+        submodel.View(m) if r is None else submodel.View(m, submodel.random_keep(m, r, gen))
+        for r in rates
+    ]
+    return m, full, views, submodel.ViewBatch(views)
+
+
+@pytest.mark.parametrize("name,shape,nc", ZOO)
+def test_view_batch_gathers_what_each_view_extracts(name, shape, nc):
+    m, full, views, vb = _batch(name, shape, nc)
+    got = vb.extract(full)
+    own = {k: torch.stack([v * (c + 1) for c in range(3)]) for k, v in full.items()}
+    rows = vb.extract_rows(own)
+    for c, view in enumerate(views):
+        for k, t in view.extract(full).items():
+            assert got[k].shape == (3, *t.shape)
+            assert vb.sub_shape(k, tuple(full[k].shape)) == t.shape
+            assert torch.equal(got[k][c], t)
+            assert torch.equal(rows[k][c], t * (c + 1))
+
+
+@pytest.mark.parametrize("name,shape,nc", ZOO)
+def test_view_batch_scatter_add_equals_per_view_add(name, shape, nc):
+    m, full, views, vb = _batch(name, shape, nc)
+    subs = [{k: torch.randn_like(t) for k, t in v.extract(full).items()} for v in views]
+    weights = [3.0, 0.5, 2.0]
+    want = {k: torch.zeros_like(v) for k, v in full.items()}
+    count_want = {k: torch.zeros_like(v) for k, v in full.items()}
+    for v, s, w in zip(views, subs, weights, strict=True):
+        v.add_(want, s, alpha=w)
+        v.add_(count_want, {k: torch.ones_like(t) for k, t in s.items()}, alpha=w)
+    got = {k: torch.zeros_like(v) for k, v in full.items()}
+    count = {k: torch.zeros_like(v) for k, v in full.items()}
+    vb.add_(got, {k: torch.stack([s[k] for s in subs]) for k in full}, weights)
+    vb.count_(count, weights)
+    for k in full:
+        torch.testing.assert_close(got[k], want[k])
+        assert torch.equal(count[k], count_want[k])
+    assert any(bool((count[k] > 3.0).any()) for k in full)  # clients' units overlap somewhere
+
+
+def test_view_batch_with_full_views():
+    """Full views (keep=None) take the identity slice, alone or beside keep-all views."""
+    m, full, views, vb = _batch("mlp", (1, 8, 8), 10, rates=(None, None))
+    assert vb.all_full
+    got = vb.extract(full)
+    assert all(torch.equal(got[k][c], full[k]) for k in full for c in range(2))
+    acc = {k: torch.zeros_like(v) for k, v in full.items()}
+    vb.add_(acc, got, [1.0, 2.0])
+    assert all(torch.allclose(acc[k], 3 * full[k]) for k in full)
+    m, full, views, vb = _batch("mlp", (1, 8, 8), 10, rates=(None, 0.0, None))
+    assert not vb.all_full  # rate 0 keeps every unit: same shapes as the full view
+    got = vb.extract(full)
+    assert all(torch.equal(got[k][c], full[k]) for k in full for c in range(3))
+
+
+def test_view_batch_rejects_different_shapes():
+    m = models.build("mlp", (1, 8, 8), 10)
+    gen = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError):
+        submodel.ViewBatch([submodel.View(m, submodel.random_keep(m, r, gen)) for r in (0.25, 0.5)])

@@ -175,7 +175,7 @@ def build(cfg: RootConfig, ds: data.FederatedDataset | None = None) -> Simulatio
         parts=parts,
         model=model,
         strategy=strategies.build(cfg.strategy, model, cfg.seed),
-        compressor=compression.build(cfg.compression, shapes=shapes, seed=cfg.seed),
+        compressor=compression.build(cfg.compression, shapes=shapes, seed=cfg.seed, device=device),
         trainer=trainer,
     )
 

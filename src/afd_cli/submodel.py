@@ -114,6 +114,120 @@ class View:
         return total
 
 
+class ViewBatch:
+    """Views of one sub-model shape (same unit counts, different unit sets), as one operation.
+
+    Per parameter it holds a flat index tensor ``[C, *sub_shape]`` into ``full.reshape(-1)``:
+    entry ``[c, i, j, ...]`` is where client ``c``'s sub-model entry ``[i, j, ...]`` sits in
+    the full tensor. It is built by broadcasting the clients' stacked kept-index tensors
+    (one ``[C, len]`` tensor per axis) against the full tensor's strides, so gathering,
+    scattering and scatter-adding all clients is one kernel per parameter, not a Python loop
+    over clients. Full views (``keep=None``) take the identity slice; a batch of only full
+    views skips the index entirely.
+
+    Indices are built lazily per (parameter, full shape, device) and cached.
+    """
+
+    def __init__(self, views: list[View]):
+        if not views:
+            raise ValueError("ViewBatch needs at least one view")
+        units = views[0].units
+        if any(v.units != units for v in views):
+            raise ValueError("ViewBatch: views must have the same unit counts (sub-model shapes)")
+        self.views = list(views)
+        self.units = dict(units)
+        self.layout = views[0].layout
+        self.all_full = all(v.is_full for v in views)
+        self._cache: dict[tuple[str, tuple[int, ...], torch.device], torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.views)
+
+    def sub_shape(self, name: str, full_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Shape of parameter ``name`` in this batch's sub-model."""
+        shape = list(full_shape)
+        for a in self.layout.get(name, ()):
+            shape[a.dim] = self.units[a.layer] * a.repeat * a.block
+        return tuple(shape)
+
+    def index(self, name: str, full: torch.Tensor) -> torch.Tensor:
+        """Flat positions ``[C, *sub_shape]`` (int64, on ``full``'s device) of the kept entries."""
+        key = (name, tuple(full.shape), full.device)
+        idx = self._cache.get(key)
+        if idx is None:
+            idx = self._cache[key] = self._build_index(name, full.shape, full.device)
+        return idx
+
+    def _build_index(self, name: str, full_shape: torch.Size, device: torch.device) -> torch.Tensor:
+        ndim, c = len(full_shape), len(self.views)
+        strides = [1] * ndim
+        for d in range(ndim - 2, -1, -1):
+            strides[d] = strides[d + 1] * full_shape[d + 1]
+        by_dim = {a.dim: a for a in self.layout.get(name, ())}
+        flat = torch.zeros((c,) + (1,) * ndim, dtype=torch.int64, device=device)
+        for d in range(ndim):
+            shape = [1] * (ndim + 1)
+            a = by_dim.get(d)
+            if a is None:  # dimension not cut: every client keeps all of it
+                part = torch.arange(full_shape[d], device=device)
+                shape[d + 1] = -1
+            else:  # [C, len]: the clients' kept positions along this dimension
+                part = torch.stack(
+                    [torch.arange(full_shape[d]) if v.is_full else v._expand(a) for v in self.views]
+                ).to(device)
+                shape[0], shape[d + 1] = c, -1
+            flat = flat + part.view(shape) * strides[d]
+        return flat.expand((c,) + self.sub_shape(name, tuple(full_shape))).contiguous()
+
+    def _weights(self, weights, like: torch.Tensor) -> torch.Tensor:
+        w = torch.as_tensor(weights, dtype=like.dtype).to(like.device)
+        if w.shape != (len(self.views),):
+            raise ValueError(f"need {len(self.views)} weights, got shape {tuple(w.shape)}")
+        return w
+
+    def extract(self, full: Params) -> Params:
+        """Full-shape tensors -> ``{name: [C, *sub_shape]}`` (a gather; new tensors)."""
+        c = len(self.views)
+        if self.all_full:
+            return {k: v.unsqueeze(0).expand(c, *v.shape).clone() for k, v in full.items()}
+        return {k: torch.take(v, self.index(k, v)) for k, v in full.items()}
+
+    def extract_rows(self, stacked_full: Params) -> Params:
+        """``{name: [C, *full]}`` (client ``c``'s own full tensor in row ``c``) -> ``[C, *sub]``."""
+        if self.all_full:
+            return {k: v.clone() for k, v in stacked_full.items()}
+        out = {}
+        for k, v in stacked_full.items():
+            idx = self.index(k, v[0])
+            out[k] = torch.gather(v.reshape(len(v), -1), 1, idx.reshape(len(v), -1)).view(idx.shape)
+        return out
+
+    def add_(self, full: Params, stacked: Params, weights) -> None:
+        """``full[kept_c] += weights[c] * stacked[c]`` for every client ``c`` (a scatter-add).
+
+        Entries several clients keep receive the sum of their contributions.
+        """
+        for k, s in stacked.items():
+            dst = full[k]
+            w = self._weights(weights, s).view(-1, *[1] * (s.dim() - 1))
+            if self.all_full:
+                dst.add_((s * w).sum(0))
+            else:
+                idx = self.index(k, dst)
+                dst.view(-1).index_add_(0, idx.reshape(-1), (s * w).reshape(-1))
+
+    def count_(self, full: Params, weights) -> None:
+        """``full[kept_c] += weights[c]`` for every client: the per-entry weight totals."""
+        for k, dst in full.items():
+            w = self._weights(weights, dst)
+            if self.all_full:
+                dst.add_(w.sum())
+            else:
+                idx = self.index(k, dst)
+                src = w.view(-1, 1).expand(len(w), idx[0].numel())
+                dst.view(-1).index_add_(0, idx.reshape(-1), src.reshape(-1))
+
+
 def random_keep(model: FLModel, rate: float, gen: torch.Generator) -> dict[str, torch.Tensor]:
     """Federated Dropout's choice: a uniformly random ceil((1-p)*n) units per layer."""
     return {

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import torch
+
 from .base import Compressor, Params, RoundContext, View
 from .codec import decode, decode_params, encode, encode_params, entropy_bound_bits
 from .dense import DenseCompressor
@@ -40,14 +42,23 @@ __all__ = [
 ]
 
 
-def build(cfg: CompressionConfig, shapes: Shapes | None = None, seed: int = 0) -> Compressor:
-    """The compressor named by ``cfg.name``; ``seed`` drives DGC's threshold sampling."""
+def build(
+    cfg: CompressionConfig,
+    shapes: Shapes | None = None,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+) -> Compressor:
+    """The compressor named by ``cfg.name``; ``seed`` drives DGC's threshold sampling.
+
+    ``device``: the model's device. On a GPU the sparse compressors keep their upload state
+    there and encode a round's clients batched (torch backend); on CPU they use numpy.
+    """
     if cfg.name == "none":
         return DenseCompressor("none", "fp32", shapes)
     if cfg.name in ("fp16", "q8"):
         return DenseCompressor(cfg.name, cfg.name, shapes)
     if cfg.name == "topk":
-        return TopKCompressor(cfg, shapes)
+        return TopKCompressor(cfg, shapes, device)
     if cfg.name == "dgc":
-        return DGCCompressor(cfg, shapes, seed)
+        return DGCCompressor(cfg, shapes, seed, device)
     raise ValueError(f"compression.name={cfg.name!r}; choose one of: {', '.join(NAMES)}")

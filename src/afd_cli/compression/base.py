@@ -8,10 +8,16 @@ Tensors are handed over in *sub-model* coordinates together with the client's
 :class:`~afd_cli.submodel.View`, so state that must outlive a round (kept in full-model
 coordinates) can be gathered and scattered back without the compressor knowing how the
 sub-model was cut.
+
+A compressor may also offer ``encode_up_many(clients, updates, views, ctx) -> list[bytes]``,
+the uploads of a whole round at once (the sparse ones stack a shape group's state as
+``[C, n]`` on the device). :func:`encode_up_many` calls it when present, else
+``encode_up`` per client; either way the payloads are the real bytes that get counted.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import torch
@@ -73,3 +79,22 @@ class RoundContext:
     def __init__(self, round: int, clients_in_round: int) -> None:
         self.round = round  # 0-based round index (drives DGC warm-up)
         self.clients_in_round = clients_in_round  # N in DGC's local clipping c * N^-1/2
+
+
+def encode_up_many(
+    compressor: Compressor,
+    clients: Sequence[int],
+    updates: Sequence[Params],
+    views: Sequence[View],
+    ctx: RoundContext,
+) -> list[bytes]:
+    """A round's upload payloads, in client order: the compressor's batched
+    ``encode_up_many`` when it has one, else ``encode_up`` per client."""
+    if not (len(clients) == len(updates) == len(views)):
+        raise ValueError("encode_up_many: clients, updates and views differ in length")
+    many = getattr(compressor, "encode_up_many", None)
+    if many is not None:
+        return many(list(clients), list(updates), list(views), ctx)
+    return [
+        compressor.encode_up(c, u, v, ctx) for c, u, v in zip(clients, updates, views, strict=True)
+    ]

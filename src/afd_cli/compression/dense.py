@@ -68,6 +68,14 @@ class DenseCompressor:
         self._count(n, n)
         return codec.encode_params(update, self.fmt)
 
+    def encode_up_many(
+        self, clients: list[int], updates: list[Params], views: list[View], ctx: RoundContext
+    ) -> list[bytes]:
+        """A round's uploads; here ``encode_up`` per client, in order."""
+        return [
+            self.encode_up(c, u, v, ctx) for c, u, v in zip(clients, updates, views, strict=True)
+        ]
+
     def decode_up(self, client: int, payload: bytes, view: View) -> Params:
         """The (dequantised) update to aggregate."""
         return codec.decode_params(payload, self._order())

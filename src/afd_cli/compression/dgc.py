@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .base import Params, RoundContext
-from .sparsify import sampled_topk_indices, warmup_sparsity
+from .sparsify import sampled_topk_indices, torch_sampled_topk_indices, warmup_sparsity
 from .state import Shapes, np_view
 from .topk import TopKCompressor
 
@@ -39,21 +39,35 @@ if TYPE_CHECKING:
 class DGCCompressor(TopKCompressor):
     """Top-k plus DGC's clipping, momentum correction/masking, sampling and warm-up."""
 
-    def __init__(self, cfg: CompressionConfig, shapes: Shapes | None = None, seed: int = 0):
+    def __init__(
+        self,
+        cfg: CompressionConfig,
+        shapes: Shapes | None = None,
+        seed: int = 0,
+        device: torch.device | str | None = None,
+        backend: str | None = None,
+    ):
         self.buffers = ("u", "v") if cfg.momentum_correction else ("v",)
-        super().__init__(cfg, shapes)
-        self.generator = torch.Generator().manual_seed(seed)  # threshold sampling
+        super().__init__(cfg, shapes, device, backend)
+        # threshold sampling, where the state lives; it only picks *which* candidates are
+        # examined: the selected sets are exact top-k either way
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
 
     def sparsity_at(self, round: int) -> float:
         """Exponential warm-up, then the target sparsity."""
         return warmup_sparsity(round, self.cfg.sparsity, self.cfg.warmup_rounds)
 
-    def _prepare(self, update: Params, ctx: RoundContext) -> Params:
-        """Local clipping of the whole update to ``clip_norm / sqrt(N)``."""
-        update = super()._prepare(update, ctx)
+    def _prepare(self, update: Params, ctx: RoundContext, stacked: bool = False) -> Params:
+        """Local clipping of the whole update to ``clip_norm / sqrt(N)`` (per client)."""
+        update = super()._prepare(update, ctx, stacked)
         if self.cfg.clip_norm is None:
             return update
         limit = self.cfg.clip_norm / math.sqrt(max(1, ctx.clients_in_round))
+        if stacked:  # per row: the same double-precision norm and fp32 scale as below
+            sq = sum(t.double().pow(2).flatten(1).sum(1) for t in update.values())
+            norm = sq.sqrt()
+            scale = torch.where(norm > limit, limit / norm, 1.0).float()
+            return {n: t * scale.view(-1, *[1] * (t.dim() - 1)) for n, t in update.items()}
         norm = math.sqrt(sum(float(t.double().pow(2).sum()) for t in update.values()))
         if norm <= limit:
             return update
@@ -66,6 +80,11 @@ class DGCCompressor(TopKCompressor):
             return super()._accumulate(bufs, name, g)
         u = bufs["u"][name].contiguous()
         v = bufs["v"][name].contiguous()
+        if self.backend == "torch":
+            u.mul_(self.cfg.momentum).add_(g.reshape(u.shape))
+            v.add_(u)
+            bufs["u"][name], bufs["v"][name] = u, v
+            return v
         u_np = np_view(u)
         u_np *= np.float32(self.cfg.momentum)
         u_np += np_view(g.reshape(u.shape))
@@ -75,22 +94,33 @@ class DGCCompressor(TopKCompressor):
         return v
 
     def _select(self, flat: torch.Tensor, k: int) -> torch.Tensor:
-        """Sampled-threshold top-k."""
+        """Sampled-threshold top-k (per row for a ``[C, n]`` stack)."""
+        if self.backend == "torch":
+            rows = flat.view(-1, flat.shape[-1])
+            idx = torch_sampled_topk_indices(rows, k, self.cfg.sample_ratio, self.generator)
+            return idx.view(*flat.shape[:-1], k)
         return sampled_topk_indices(flat, k, self.cfg.sample_ratio, self.generator)
 
     def _after_send(self, bufs: dict[str, Params], name: str, idx: torch.Tensor) -> None:
         """Momentum factor masking: zero ``u`` where sent (``v`` is already emptied)."""
         if self.cfg.momentum_correction and self.cfg.momentum_masking:
-            bufs["u"][name].view(-1)[idx] = 0.0
+            u = bufs["u"][name]
+            if idx.dim() == 1:
+                u.view(-1)[idx] = 0.0
+            else:
+                u.view(len(idx), -1).scatter_(1, idx, 0.0)
 
     def state_dict(self) -> dict[str, Any]:
         """Adds the sampling generator state, so a resumed run picks the same samples."""
         state = super().state_dict()
         state["generator"] = self.generator.get_state()
+        state["generator_device"] = self.device.type
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Inverse of :meth:`state_dict`."""
+        """Inverse of :meth:`state_dict`. A generator saved on another kind of device is not
+        restored (its state does not fit); that changes only which entries are sampled, not
+        the selected top-k sets."""
         super().load_state_dict(state)
-        if "generator" in state:
+        if "generator" in state and state.get("generator_device", "cpu") == self.device.type:
             self.generator.set_state(state["generator"])

@@ -86,3 +86,54 @@ def sampled_topk_indices(
     if cand.size > k:
         cand = np.sort(cand[_largest(mag[cand], k)])
     return torch.from_numpy(cand.astype(np.int64))
+
+
+# --------------------------------------------------------------------------- torch (device)
+# The same selections for state kept as torch tensors on the model's device (a GPU): rows of a
+# ``[C, n]`` stack are C clients' tensors of one shape. Each returns ``[C, k]`` sorted int64
+# indices on ``flat``'s device; no Python loop over clients.
+
+
+def torch_topk_indices(flat: torch.Tensor, k: int) -> torch.Tensor:
+    """Per row, sorted flat indices of the ``k`` largest ``|flat|`` (exact; ``torch.topk``)."""
+    c, n = flat.shape
+    if k >= n:
+        return torch.arange(n, device=flat.device).expand(c, n).contiguous()
+    if k <= 0:
+        return torch.zeros(c, 0, dtype=torch.int64, device=flat.device)
+    idx = flat.abs().topk(k, dim=1, sorted=False).indices
+    return idx.sort(dim=1).values
+
+
+def torch_sampled_topk_indices(
+    flat: torch.Tensor, k: int, sample_ratio: float, generator: torch.Generator
+) -> torch.Tensor:
+    """:func:`sampled_topk_indices` per row of ``[C, n]``: the same (exact) top-k sets.
+
+    Each row's threshold is the ``kthvalue`` of its own random sample of ``sample_ratio * n``
+    magnitudes, aimed at about ``2k`` candidates; the candidates are compacted into a padded
+    ``[C, max candidates]`` block (one ``nonzero``) and the exact top-k taken there. If any
+    row gets fewer than ``k`` candidates (rare), all rows take the exact top-k.
+    ``generator`` must live on ``flat``'s device.
+    """
+    c, n = flat.shape
+    m = min(n, math.ceil(n * sample_ratio))
+    if k >= n or k <= 0 or m < MIN_SAMPLE:
+        return torch_topk_indices(flat, k)
+    mag = flat.abs()
+    pos = torch.randint(n, (c, m), generator=generator, device=flat.device)
+    rank = min(m, math.ceil(2.0 * m * k / n) + 2)  # expect ~2k + 2n/m candidates
+    thr = mag.gather(1, pos).kthvalue(m - rank + 1, dim=1, keepdim=True).values
+    passed = mag >= thr
+    counts = passed.sum(1)
+    width = int(counts.max())  # the one host sync
+    if int(counts.min()) < k:
+        return torch_topk_indices(flat, k)
+    rows, cols = passed.nonzero(as_tuple=True)  # row-major: each row's candidates in order
+    slot = torch.arange(rows.numel(), device=flat.device) - (counts.cumsum(0) - counts)[rows]
+    cand_mag = torch.full((c, width), -1.0, dtype=mag.dtype, device=flat.device)
+    cand_idx = torch.zeros((c, width), dtype=torch.int64, device=flat.device)
+    cand_mag[rows, slot] = mag[rows, cols]
+    cand_idx[rows, slot] = cols
+    best = cand_mag.topk(k, dim=1, sorted=False).indices  # padding (-1) never wins: k <= count
+    return cand_idx.gather(1, best).sort(dim=1).values

@@ -4,6 +4,18 @@ Per client a residual ``v`` (full-model coordinates) accumulates the update; the
 largest ``|v|`` are sent and removed from ``v``, the rest waits for later rounds. No
 warm-up, clipping or momentum. Also the template for :mod:`.dgc`, which overrides the hooks
 (``sparsity_at``, ``_prepare``, ``_accumulate``, ``_select``, ``_after_send``).
+
+Two backends compute the same payloads (the selections are exact top-k sets):
+
+* ``numpy`` (default on CPU): upload state on the host, updated in place through numpy,
+  which beats torch's threaded kernels on the small shared CPUs these runs use;
+* ``torch`` (default when ``device`` is a GPU): upload state on ``device``, torch ops, and
+  :meth:`TopKCompressor.encode_up_many` stacks a round's clients of one sub-model shape as
+  ``[C, n]`` per tensor (accumulate, ``torch.topk`` or the sampled threshold per row, error
+  feedback), so only the selected indices and values cross to the host for the codec.
+
+The hooks take single-client tensors or ``[C, *shape]`` stacks alike (elementwise ops; the
+selections work on ``[rows, n]``).
 """
 
 from __future__ import annotations
@@ -16,8 +28,10 @@ from . import codec
 from .base import Params, RoundContext, View
 from .dense import DenseCompressor
 from .downlink import SparseDownlink
-from .sparsify import keep_count, topk_indices
+from .sparsify import keep_count, topk_indices, torch_topk_indices
 from .state import ClientStore, Shapes, np_view
+
+BACKENDS = ("numpy", "torch")
 
 if TYPE_CHECKING:
     from afd_cli.config import CompressionConfig
@@ -28,13 +42,25 @@ class TopKCompressor(DenseCompressor):
 
     buffers: tuple[str, ...] = ("v",)
 
-    def __init__(self, cfg: CompressionConfig, shapes: Shapes | None = None) -> None:
+    def __init__(
+        self,
+        cfg: CompressionConfig,
+        shapes: Shapes | None = None,
+        device: torch.device | str | None = None,
+        backend: str | None = None,
+    ) -> None:
         super().__init__(cfg.name, "fp32", shapes)
         if cfg.values not in ("fp32", "fp16"):
             raise ValueError(f"compression.values must be fp32 or fp16, got {cfg.values!r}")
+        device = torch.device(device if device is not None else "cpu")
+        backend = backend or ("numpy" if device.type == "cpu" else "torch")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.cfg = cfg
         self.values = cfg.values
-        self.up = ClientStore(self.buffers, shapes)
+        self.backend = backend
+        self.device = device if backend == "torch" else torch.device("cpu")  # upload state
+        self.up = ClientStore(self.buffers, shapes, device=self.device)
         self.down = SparseDownlink(cfg.values, cfg.dense_below, shapes) if cfg.downlink else None
 
     # -- hooks ----------------------------------------------------------------------------
@@ -42,24 +68,45 @@ class TopKCompressor(DenseCompressor):
         """Fraction of entries not sent in ``round`` (constant for plain top-k)."""
         return self.cfg.sparsity
 
-    def _prepare(self, update: Params, ctx: RoundContext) -> Params:
-        """The update as fp32 CPU tensors (DGC clips here)."""
-        return {n: t.detach().to("cpu", torch.float32).contiguous() for n, t in update.items()}
+    def _prepare(self, update: Params, ctx: RoundContext, stacked: bool = False) -> Params:
+        """The update as fp32 tensors where the state lives (DGC clips here).
+
+        ``stacked``: the tensors are ``[C, *shape]`` stacks of C clients' updates.
+        """
+        dev = self.device
+        return {n: t.detach().to(dev, torch.float32).contiguous() for n, t in update.items()}
 
     def _accumulate(self, bufs: dict[str, Params], name: str, g: torch.Tensor) -> torch.Tensor:
         """Add ``g`` to the residual; returns the (contiguous) tensor to sparsify."""
         v = bufs["v"][name].contiguous()
-        v_np = np_view(v)
-        v_np += np_view(g.reshape(v.shape))
+        if self.backend == "torch":
+            v.add_(g.reshape(v.shape))
+        else:
+            v_np = np_view(v)
+            v_np += np_view(g.reshape(v.shape))
         bufs["v"][name] = v
         return v
 
     def _select(self, flat: torch.Tensor, k: int) -> torch.Tensor:
-        """Sorted flat indices to send (exact top-k here)."""
+        """Sorted flat indices to send (exact top-k here); per row for a ``[C, n]`` stack."""
+        if self.backend == "torch":
+            return torch_topk_indices(flat.view(-1, flat.shape[-1]), k).view(*flat.shape[:-1], k)
         return topk_indices(flat, k)
 
     def _after_send(self, bufs: dict[str, Params], name: str, idx: torch.Tensor) -> None:
         """Extra bookkeeping on the sent positions (DGC's momentum factor masking)."""
+
+    @staticmethod
+    def _send(flat: torch.Tensor, idx: torch.Tensor, values: str) -> torch.Tensor:
+        """Values sent at ``idx`` (last dim) of ``flat``, taken out of it (error feedback)."""
+        if idx.dim() == 1:
+            sent = codec.as_sent(flat[idx], values)
+            flat[idx] -= sent  # exactly 0 for fp32; the fp16 rounding error stays as residual
+            return sent
+        picked = flat.gather(-1, idx)
+        sent = codec.as_sent(picked, values)
+        flat.scatter_(-1, idx, picked - sent)
+        return sent
 
     # -- Compressor protocol --------------------------------------------------------------
     def encode_down(self, client: int, weights: Params, view: View) -> bytes:
@@ -88,10 +135,13 @@ class TopKCompressor(DenseCompressor):
             flat = acc.view(-1)
             n = flat.numel()
             dense = n < self.cfg.dense_below
-            idx = torch.arange(n) if dense else self._select(flat, keep_count(n, sparsity))
-            sent = codec.as_sent(flat[idx], self.values)
-            flat[idx] -= sent  # exactly 0 for fp32; the fp16 rounding error stays as residual
+            if dense:
+                idx = torch.arange(n, device=flat.device)
+            else:
+                idx = self._select(flat, keep_count(n, sparsity))
+            sent = self._send(flat, idx, self.values)
             self._after_send(bufs, name, idx)
+            idx, sent = idx.cpu(), sent.cpu()  # the only device -> host traffic
             if dense:
                 records.append(codec.Dense(sent.reshape(acc.shape), self.values))
             else:
@@ -100,6 +150,68 @@ class TopKCompressor(DenseCompressor):
         for key, sub in bufs.items():
             self.up.scatter(client, view, key, sub)
         return codec.encode(records)
+
+    def encode_up_many(
+        self, clients: list[int], updates: list[Params], views: list[View], ctx: RoundContext
+    ) -> list[bytes]:
+        """A round's uploads. The torch backend encodes each group of clients with one
+        sub-model shape as ``[C, *shape]`` stacks per tensor (payloads equal to ``encode_up``
+        per client); the numpy backend, or views that are not :class:`~afd_cli.submodel.View`,
+        go client by client."""
+        from afd_cli.submodel import View as ModelView
+
+        if self.backend != "torch" or not all(isinstance(v, ModelView) for v in views):
+            return super().encode_up_many(clients, updates, views, ctx)
+        self._round = ctx.round
+        for u in updates:
+            self._remember(u)
+        payloads: list[bytes] = [b""] * len(clients)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, v in enumerate(views):
+            groups.setdefault(tuple(v.units[k] for k in sorted(v.units)), []).append(i)
+        for members in groups.values():
+            encoded = self._encode_group(
+                [clients[i] for i in members],
+                [updates[i] for i in members],
+                [views[i] for i in members],  # type: ignore[misc]
+                ctx,
+            )
+            for i, payload in zip(members, encoded, strict=True):
+                payloads[i] = payload
+        return payloads
+
+    def _encode_group(self, clients, updates, views, ctx: RoundContext) -> list[bytes]:
+        """``encode_up`` for clients of one sub-model shape, as ``[C, ...]`` device ops."""
+        from afd_cli.submodel import ViewBatch
+
+        batch, c = ViewBatch(views), len(clients)
+        sparsity = self.sparsity_at(ctx.round)
+        stacked = {n: torch.stack([u[n] for u in updates]) for n in updates[0]}
+        stacked = self._prepare(stacked, ctx, stacked=True)
+        bufs = self.up.gather_many(clients, batch, stacked)
+        records: list[list[codec.Record]] = [[] for _ in clients]
+        for name, g in stacked.items():
+            acc = self._accumulate(bufs, name, g)
+            flat = acc.view(c, -1)
+            n = flat.shape[1]
+            dense = n < self.cfg.dense_below
+            if dense:
+                idx = torch.arange(n, device=flat.device).expand(c, n).contiguous()
+            else:
+                idx = self._select(flat, keep_count(n, sparsity))
+            sent = self._send(flat, idx, self.values)
+            self._after_send(bufs, name, idx)
+            idx_h, sent_h = idx.cpu(), sent.cpu()  # the only device -> host traffic
+            shape = tuple(acc.shape[1:])
+            for row in range(c):
+                if dense:
+                    records[row].append(codec.Dense(sent_h[row].reshape(shape), self.values))
+                else:
+                    records[row].append(codec.Sparse(shape, idx_h[row], sent_h[row], self.values))
+            self._count(idx.numel(), c * n)
+        for key, sub in bufs.items():
+            self.up.scatter_many(clients, batch, key, sub)
+        return [codec.encode(r) for r in records]
 
     def decode_up(self, client: int, payload: bytes, view: View) -> Params:
         """Dense sub-model-shape update (zeros where nothing was sent)."""

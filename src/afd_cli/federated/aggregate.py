@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..submodel import View
+from ..submodel import View, ViewBatch
 
 Params = dict[str, torch.Tensor]
 
@@ -31,6 +31,32 @@ class MaskedMean:
         if self.den is None:  # first partial update: materialise the per-entry weights so far
             self.den = {k: torch.full_like(v, self.total) for k, v in self._like.items()}
         view.add_(self.den, {k: torch.ones_like(v) for k, v in update.items()}, alpha=weight)
+
+    def add_many(self, views: list[View], updates: list[Params], weights: list[float]) -> None:
+        """``add`` for a whole round at once: one scatter-add per sub-model shape and parameter.
+
+        Clients are grouped by sub-model shape (``view.units``); each group's updates are
+        stacked as ``[C, *sub]`` and scatter-added with their weights by a :class:`ViewBatch`.
+        Equal to calling :meth:`add` per client (up to the order of fp additions).
+        """
+        if not (len(views) == len(updates) == len(weights)):
+            raise ValueError("add_many: views, updates and weights differ in length")
+        if not views:
+            return
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, v in enumerate(views):
+            groups.setdefault(tuple(v.units[k] for k in sorted(v.units)), []).append(i)
+        batches = [(ViewBatch([views[i] for i in m]), m) for m in groups.values()]
+        for batch, members in batches:
+            stacked = {k: torch.stack([updates[i][k] for i in members]) for k in updates[0]}
+            batch.add_(self.num, stacked, [float(weights[i]) for i in members])
+        if self.den is None and all(b.all_full for b, _ in batches):
+            self.total += float(sum(weights))
+            return
+        if self.den is None:
+            self.den = {k: torch.full_like(v, self.total) for k, v in self._like.items()}
+        for batch, members in batches:
+            batch.count_(self.den, [float(weights[i]) for i in members])
 
     def apply_(self, weights: Params) -> None:
         """``weights += mean update``, in place; untouched entries stay as they are."""

@@ -6,9 +6,12 @@ sequential one can be swapped for a batched GPU engine). Every random draw is se
 ``(seed, round, ...)`` so a run resumed at round ``t`` continues exactly as it would have.
 
 Where tensors live: the global model, the clients' weights and updates, and aggregation are on
-the model's device (a GPU when there is one); payloads are host ``bytes`` and compressors
-keep their per-client state on the host. The loop moves what a compressor decodes onto the
-device, so neither side needs to know where the other runs.
+the model's device (a GPU when there is one); payloads are host ``bytes``. Compressors keep
+their per-client state where they were built to (the sparse ones on the model's device when
+it is a GPU, else on the host). The loop moves what a compressor decodes onto the device, so
+neither side needs to know where the other runs. Uploads are encoded for the whole round at
+once and aggregated with one :meth:`MaskedMean.add_many`, so a batched engine can do both as
+stacked ``[C, ...]`` operations.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..compression.base import Compressor, RoundContext
+from ..compression.base import Compressor, RoundContext, encode_up_many
 from ..strategies.base import Strategy
 from .aggregate import MaskedMean
 from .client import LocalJob, LocalResult
@@ -52,6 +55,11 @@ def to_device(params: Params, device: torch.device) -> Params:
     return {k: v.to(device, non_blocking=True) for k, v in params.items()}
 
 
+def update_of(job: LocalJob, result: LocalResult) -> Params:
+    """What a client uploads: trained minus received weights (sub-model shape)."""
+    return {k: result.weights[k] - job.weights[k] for k in job.weights}
+
+
 def run_round(
     round: int,
     weights: Params,
@@ -80,22 +88,24 @@ def run_round(
 
     results: list[LocalResult] = trainer.train(jobs, on_client_done)
 
-    mean, bytes_up = MaskedMean(weights), 0
-    for job, view, res in zip(jobs, views, results, strict=True):
-        update = {k: res.weights[k] - job.weights[k] for k in job.weights}
-        payload = compressor.encode_up(job.client, update, view, ctx)
-        bytes_up += len(payload)
-        received = to_device(compressor.decode_up(job.client, payload, view), device)
-        mean.add(view, received, res.num_samples)
-    mean.apply_(weights)
-
+    updates = [update_of(job, res) for job, res in zip(jobs, results, strict=True)]
+    payloads = encode_up_many(compressor, clients, updates, views, ctx)
+    del updates  # the round's uploads are bytes now
+    received = [
+        to_device(compressor.decode_up(cid, payload, view), device)
+        for cid, payload, view in zip(clients, payloads, views, strict=True)
+    ]
     losses = [r.loss for r in results]
     sizes = [r.num_samples for r in results]
+    mean = MaskedMean(weights)
+    mean.add_many(views, received, sizes)
+    mean.apply_(weights)
+
     strategy.observe(round, clients, losses, sizes)
     return RoundResult(
         clients=clients,
         bytes_down=bytes_down,
-        bytes_up=bytes_up,
+        bytes_up=sum(len(p) for p in payloads),
         train_loss=float(np.average(losses, weights=sizes)),
         keep_fraction=float(np.mean([v.num_kept(weights) for v in views])) / full_size,
         compressor_stats=compressor.end_round(),
