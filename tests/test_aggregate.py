@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from afd_cli import models, submodel
+from afd_cli.federated import aggregate
 from afd_cli.federated.aggregate import MaskedMean
 
 
@@ -83,7 +84,9 @@ def _round_of_views(m, gen, rates):
         [0.5, None],  # a partial view first, then a full one
     ],
 )
-def test_add_many_equals_add_per_client(name, rates):
+@pytest.mark.parametrize("stack", [32, 2])
+def test_add_many_equals_add_per_client(name, rates, stack, monkeypatch):
+    monkeypatch.setattr(aggregate, "STACK", stack)  # 2: groups split into several stacks
     torch.manual_seed(0)
     m = SMALL_ZOO[name]()
     w = {k: v.detach().double() for k, v in m.named_parameters()}

@@ -14,6 +14,9 @@ from ..submodel import View, ViewBatch
 Params = dict[str, torch.Tensor]
 
 
+STACK = 32  # clients whose updates add_many stacks into one scatter-add
+
+
 class MaskedMean:
     """Accumulates ``sum n_k * delta_k`` and ``sum n_k`` per entry, then divides."""
 
@@ -46,7 +49,10 @@ class MaskedMean:
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, v in enumerate(views):
             groups.setdefault(tuple(v.units[k] for k in sorted(v.units)), []).append(i)
-        batches = [(ViewBatch([views[i] for i in m]), m) for m in groups.values()]
+        # at most STACK clients stacked at once: a round of hundreds of clients must not hold
+        # a second copy of all their updates
+        parts = [m[j : j + STACK] for m in groups.values() for j in range(0, len(m), STACK)]
+        batches = [(ViewBatch([views[i] for i in m]), m) for m in parts]
         for batch, members in batches:
             stacked = {k: torch.stack([updates[i][k] for i in members]) for k in updates[0]}
             batch.add_(self.num, stacked, [float(weights[i]) for i in members])
