@@ -42,7 +42,10 @@ def _groups_help() -> str:
     ):
         options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
         lines.append(f"  {group}: {', '.join(options)}\n")
-    lines.append("  top level: seed, device, precision, threads, data_dir, progress, resume\n")
+    lines.append(
+        "  top level: seed, device, precision, threads, data_dir, progress, resume, "
+        "checkpoint_every, on_nonfinite\n"
+    )
     lines.append("All keys with their values: afd config show [OVERRIDES...]")
     return "\n".join(lines)
 

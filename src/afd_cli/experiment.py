@@ -304,6 +304,7 @@ def _comparable(cfg: RootConfig) -> dict[str, Any]:
     d = asdict(cfg)
     for k in ("progress", "resume", "data_dir", "device", "threads", "checkpoint_every", "trainer"):
         d.pop(k)
+    d.pop("on_nonfinite")  # matters only once a result is non-finite: may change on resume
     d["schedule"].pop("rounds")  # extending a finished run with more rounds is allowed
     return d
 
