@@ -155,6 +155,7 @@ def _hydra_task(cfg: DictConfig) -> None:
     from hydra.types import RunMode
 
     from . import data, experiment
+    from .federated.guard import Diverged
     from .metrics import write_json_atomic
 
     hc = HydraConfig.get()
@@ -175,6 +176,13 @@ def _hydra_task(cfg: DictConfig) -> None:
     except KeyboardInterrupt:
         write_json_atomic(run_dir / "status.json", {"status": "interrupted"})
         raise
+    except Diverged as e:
+        status = {"status": "diverged", "error": str(e), "round": e.round, "client": e.client}
+        write_json_atomic(run_dir / "status.json", status)
+        if not multirun:
+            err.print(f"[bold red]diverged:[/] {e}", highlight=False, soft_wrap=True)
+            raise SystemExit(1) from None
+        err.print(f"[bold red]job diverged:[/] {run_dir}: {e}", highlight=False, soft_wrap=True)
     except Exception as e:
         plain = isinstance(e, ConfigError | data.DataError)  # already one line that says why
         message = str(e) if plain else f"{type(e).__name__}: {e}"
