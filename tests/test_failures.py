@@ -236,3 +236,58 @@ def test_report_names_a_run_that_diverged_before_any_round(tmp_path):
     warnings = []
     rep.build([tmp_path], warn=warnings.append)
     assert any("diverged before any round was recorded: round 1: x" in w for w in warnings)
+
+
+# --- run directories -------------------------------------------------------------------------
+
+
+def test_default_run_dirs_are_unique_within_one_second(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    dirs = {cli._claim_run_dir([*SMALL])[-1] for _ in range(3)}
+    assert len(dirs) == 3
+    assert len(list((tmp_path / "outputs" / "runs").iterdir())) == 3
+
+
+def test_two_runs_started_together_end_in_two_directories(tmp_path):
+    args = [*AFD, "run", *SMALL, "schedule.rounds=1", "progress=none"]
+    procs = [
+        subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    for p in procs:
+        _, stderr = p.communicate(timeout=300)
+        assert p.returncode == 0, stderr
+    runs = sorted((tmp_path / "outputs" / "runs").iterdir())
+    assert len(runs) == 2
+    for d in runs:
+        assert json.loads((d / "status.json").read_text())["status"] == "ok"
+        assert len(pd.read_csv(d / "metrics.csv")) == 1 and (d / "summary.json").exists()
+
+
+def test_explicit_run_dir_holding_a_run_is_refused(tmp_path):
+    d = tmp_path / "r"
+    d.mkdir()
+    (d / "metrics.csv").write_text("x")
+    p = afd(tmp_path, "run", *SMALL, f"hydra.run.dir={d}")
+    assert p.returncode == 2
+    assert p.stderr.strip().count("\n") == 0
+    want = f"already holds a run (metrics.csv exists); continue it with: afd resume {d}"
+    assert want in p.stderr
+    assert sorted(f.name for f in d.iterdir()) == ["metrics.csv"]  # untouched
+
+
+@pytest.mark.parametrize("held", ["checkpoint.pt", "summary.json", ".hydra"])
+def test_explicit_run_dir_holding_any_run_file_is_refused(tmp_path, held):
+    d = tmp_path / "r"
+    (d / held).mkdir(parents=True)
+    with pytest.raises(ConfigError, match=f"already holds a run \\({held} exists\\)"):
+        cli._claim_run_dir([*SMALL, f"hydra.run.dir={d}"])
+
+
+def test_explicit_empty_run_dir_is_used(tmp_path):
+    d = tmp_path / "empty"
+    d.mkdir()
+    over = cli._claim_run_dir([*SMALL, f"hydra.run.dir={d}"])
+    assert over[-1] == f"hydra.run.dir='{d}'" and (d / ".hydra").is_dir()
+    with pytest.raises(ConfigError, match="already holds a run"):  # the claim is exclusive
+        cli._claim_run_dir([*SMALL, f"hydra.run.dir={d}"])
