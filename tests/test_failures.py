@@ -1,6 +1,7 @@
 """Failing loudly and safely: divergence, colliding run directories, Ctrl-C, newcomer hints."""
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from afd_cli.config import ConfigError, validate
 from afd_cli.federated.client import LocalResult
 from afd_cli.federated.guard import Diverged
 from afd_cli.federated.round import sample_clients
-from afd_cli.metrics import COLUMNS, MetricsWriter
+from afd_cli.metrics import COLUMNS, MetricsWriter, RoundProgress
 
 ROOT = Path(__file__).resolve().parents[1]
 AFD = [sys.executable, "-m", "afd_cli.cli"]
@@ -73,6 +74,7 @@ def test_divergence_stops_the_run_with_one_line_and_keeps_earlier_rounds(tmp_pat
     assert status["round"] >= 2 and list(rows["round"]) == list(range(1, status["round"]))
     assert rows["train_loss"].map(lambda v: v == v and abs(v) < float("inf")).all()
     assert not (tmp_path / "d" / "summary.json").exists()
+    assert p.stdout.startswith("loading digits ...\n")  # said before the data loads
 
 
 def test_skip_client_needs_one_finite_client_per_round(tmp_path):
@@ -291,3 +293,46 @@ def test_explicit_empty_run_dir_is_used(tmp_path):
     assert over[-1] == f"hydra.run.dir='{d}'" and (d / ".hydra").is_dir()
     with pytest.raises(ConfigError, match="already holds a run"):  # the claim is exclusive
         cli._claim_run_dir([*SMALL, f"hydra.run.dir={d}"])
+
+
+# --- newcomer papercuts ----------------------------------------------------------------------
+
+
+def test_ctrl_c_exits_130_and_prints_the_resume_command(tmp_path):
+    p = subprocess.Popen(
+        [*AFD, "run", *SMALL, "schedule.rounds=1000", "hydra.run.dir=r"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for line in p.stdout:
+        if line.startswith("round 1/"):
+            p.send_signal(signal.SIGINT)
+            break
+    _, stderr = p.communicate(timeout=120)
+    assert p.returncode == 130
+    assert stderr.strip() == f"interrupted; continue with: afd resume {tmp_path / 'r'}"
+    assert json.loads((tmp_path / "r" / "status.json").read_text())["status"] == "interrupted"
+
+
+def test_rich_progress_leaves_no_stale_clients_bar(capsys):
+    progress = RoundProgress(2, 3, "rich")
+    for t in (1, 2):
+        for _ in range(3):
+            progress.client_done()
+        progress.round_done(
+            {"round": t, "test_acc": 0.5, "train_loss": 1.0, "cum_bytes": 1e6, "wall_s": 0.1}
+        )
+    progress.close()
+    out = capsys.readouterr().out
+    assert "rounds" in out and "2/2" in out
+    assert "clients" not in out.splitlines()[-1] and "0/3" not in out
+
+
+def test_make_setup_says_how_to_put_afd_on_the_path():
+    makefile = (ROOT / "Makefile").read_text()
+    setup = makefile.split("\nsetup:")[1].split("\n\n")[0]
+    assert ". $(BIN)/activate" in setup or ". .venv/bin/activate" in setup
+    quick = (ROOT / "README.md").read_text().split("## Quick start")[1].split("\n## ")[0]
+    assert ". .venv/bin/activate" in quick

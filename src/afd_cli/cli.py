@@ -180,6 +180,11 @@ def _hydra_task(cfg: DictConfig) -> None:
         )
     except KeyboardInterrupt:
         write_json_atomic(run_dir / "status.json", {"status": "interrupted"})
+        err.print(
+            f"[yellow]interrupted;[/] continue with: afd resume {run_dir}",
+            highlight=False,
+            soft_wrap=True,
+        )
         raise
     except Diverged as e:
         status = {"status": "diverged", "error": str(e), "round": e.round, "client": e.client}
@@ -245,9 +250,17 @@ def run(
             overrides = _claim_run_dir(overrides)
     except ConfigError as e:
         fail(str(e))
-    _launch(overrides, multirun)
+    _interruptible(overrides, multirun)
     if sweep_dir is not None:
         _report_sweep_failures(sweep_dir)
+
+
+def _interruptible(overrides: list[str], multirun: bool) -> None:
+    """Launch; Ctrl-C exits 130 (the job already said how to resume) without a traceback."""
+    try:
+        _launch(overrides, multirun)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
 
 
 def _quote(value: str) -> str:
@@ -351,7 +364,7 @@ def resume(
         check(merged)
     except ConfigError as e:
         fail(str(e))
-    _launch([*merged, f"hydra.run.dir={_quote(str(run_dir))}", "resume=true"], multirun=False)
+    _interruptible([*merged, f"hydra.run.dir={_quote(str(run_dir))}", "resume=true"], False)
 
 
 @app.command()

@@ -224,6 +224,8 @@ def build(cfg: RootConfig, ds: data.FederatedDataset | None = None) -> Simulatio
 def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
     """Run (or resume) the experiment in ``run_dir``; return the summary."""
     t_start = time.perf_counter()
+    if cfg.progress != "none":  # loading (and verifying) a dataset can take seconds
+        print(f"loading {cfg.dataset.name} ...", flush=True)
     sim = build(cfg)
     ds, device, weights = sim.ds, sim.device, sim.weights
     strategy, compressor, test, full_size = sim.strategy, sim.compressor, sim.test, sim.full_size

@@ -131,4 +131,7 @@ class RoundProgress:
 
     def close(self) -> None:
         if self.mode == "rich":
+            # the clients bar only means something mid-round: the last frame (left on the
+            # terminal) must not show a stale "clients 0/N"
+            self._p.remove_task(self._clients)
             self._p.stop()
