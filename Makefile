@@ -9,6 +9,7 @@ DATASETS ?= mnist digits
 .PHONY: setup data test lint format run benchmark gpu-check clean
 
 setup: $(STAMP) data
+	@echo "afd is installed in $(BIN)/; to type plain 'afd' in this shell:  . $(BIN)/activate"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import secrets
 import sys
 import traceback
 from pathlib import Path
@@ -42,12 +43,19 @@ def _groups_help() -> str:
     ):
         options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
         lines.append(f"  {group}: {', '.join(options)}\n")
-    lines.append("  top level: seed, device, precision, threads, data_dir, progress, resume\n")
+    lines.append(
+        "  top level: seed, device, precision, threads, data_dir, progress, resume, "
+        "checkpoint_every, on_nonfinite\n"
+    )
     lines.append("All keys with their values: afd config show [OVERRIDES...]")
     return "\n".join(lines)
 
 
 register_schema()
+# A fresh random tag per resolution: the default run directory name stays unique even for
+# runs started in the same second (conf/config.yaml, hydra.run.dir).
+OmegaConf.register_new_resolver("afd_uid", lambda: secrets.token_hex(3), replace=True)
+RUN_FILES = (".hydra", "metrics.csv", "checkpoint.pt", "summary.json")
 app = typer.Typer(
     help="Communication-efficient federated learning experiments: FedAvg, "
     "Federated Dropout, Adaptive Federated Dropout, Deep Gradient Compression.",
@@ -152,6 +160,7 @@ def _hydra_task(cfg: DictConfig) -> None:
     from hydra.types import RunMode
 
     from . import data, experiment
+    from .federated.guard import Diverged
     from .metrics import write_json_atomic
 
     hc = HydraConfig.get()
@@ -171,7 +180,19 @@ def _hydra_task(cfg: DictConfig) -> None:
         )
     except KeyboardInterrupt:
         write_json_atomic(run_dir / "status.json", {"status": "interrupted"})
+        err.print(
+            f"[yellow]interrupted;[/] continue with: afd resume {run_dir}",
+            highlight=False,
+            soft_wrap=True,
+        )
         raise
+    except Diverged as e:
+        status = {"status": "diverged", "error": str(e), "round": e.round, "client": e.client}
+        write_json_atomic(run_dir / "status.json", status)
+        if not multirun:
+            err.print(f"[bold red]diverged:[/] {e}", highlight=False, soft_wrap=True)
+            raise SystemExit(1) from None
+        err.print(f"[bold red]job diverged:[/] {run_dir}: {e}", highlight=False, soft_wrap=True)
     except Exception as e:
         plain = isinstance(e, ConfigError | data.DataError)  # already one line that says why
         message = str(e) if plain else f"{type(e).__name__}: {e}"
@@ -222,11 +243,77 @@ def run(
     except ConfigError as e:
         fail(str(e))
     sweep_dir = None
-    if multirun:
-        overrides, sweep_dir = _pin_sweep_dir(overrides, jobs[0])
-    _launch(overrides, multirun)
+    try:
+        if multirun:
+            overrides, sweep_dir = _pin_sweep_dir(overrides, jobs[0])
+        else:
+            overrides = _claim_run_dir(overrides)
+    except ConfigError as e:
+        fail(str(e))
+    _interruptible(overrides, multirun)
     if sweep_dir is not None:
         _report_sweep_failures(sweep_dir)
+
+
+def _interruptible(overrides: list[str], multirun: bool) -> None:
+    """Launch; Ctrl-C exits 130 (the job already said how to resume) without a traceback."""
+    try:
+        _launch(overrides, multirun)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "\\'") + "'"
+
+
+def _override_key(o: str) -> str:
+    return o.split("=", 1)[0].lstrip("+~")
+
+
+def _claim_run_dir(overrides: list[str]) -> list[str]:
+    """Resolve and create the run directory before Hydra does, so no two runs share one.
+
+    The default name ends in a random tag (``${afd_uid:}``) and is made with an exclusive
+    ``mkdir``: on the rare clash the name is drawn again. An explicit ``hydra.run.dir`` may
+    exist, but not hold a run (``afd resume`` continues one); ``.hydra/`` is made exclusively
+    as the claim, so two runs racing for one explicit directory cannot both start.
+    Returns the overrides with ``hydra.run.dir`` pinned to the directory made here.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    explicit = any(_override_key(o) == "hydra.run.dir" for o in overrides)
+    rest = [o for o in overrides if _override_key(o) != "hydra.run.dir"]
+    for _ in range(10):
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+            cfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)
+        run_dir = Path(str(cfg.hydra.run.dir))
+        held = None
+        try:
+            if not explicit:
+                run_dir.mkdir(parents=True)
+            else:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                held = next((f for f in RUN_FILES if (run_dir / f).exists()), None)
+                if held is None:
+                    try:
+                        (run_dir / ".hydra").mkdir()
+                    except FileExistsError:  # another run claimed it just now
+                        held = ".hydra"
+        except FileExistsError:
+            continue  # another run drew the same default name this second: draw again
+        except OSError as e:
+            raise ConfigError(
+                f"cannot create the run directory {run_dir}: {e.strerror or e}"
+            ) from None
+        if held is not None:
+            raise ConfigError(
+                f"hydra.run.dir={run_dir} already holds a run ({held} exists); continue it "
+                f"with: afd resume {run_dir}; or choose another hydra.run.dir"
+            )
+        return [*rest, f"hydra.run.dir={_quote(str(run_dir))}"]
+    raise ConfigError(f"could not find a free run directory name like {run_dir}")
 
 
 def _pin_sweep_dir(overrides: list[str], job: list[str]) -> tuple[list[str], Path]:
@@ -243,8 +330,7 @@ def _pin_sweep_dir(overrides: list[str], job: list[str]) -> tuple[list[str], Pat
     sweep_dir = str(cfg.hydra.sweep.dir)
     if any(o.split("=", 1)[0].lstrip("+~") == "hydra.sweep.dir" for o in overrides):
         return overrides, Path(sweep_dir)
-    quoted = "'" + sweep_dir.replace("'", "\\'") + "'"
-    return [*overrides, f"hydra.sweep.dir={quoted}"], Path(sweep_dir)
+    return [*overrides, f"hydra.sweep.dir={_quote(sweep_dir)}"], Path(sweep_dir)
 
 
 def _report_sweep_failures(sweep_dir: Path) -> None:
@@ -278,7 +364,7 @@ def resume(
         check(merged)
     except ConfigError as e:
         fail(str(e))
-    _launch([*merged, f"hydra.run.dir={run_dir}", "resume=true"], multirun=False)
+    _interruptible([*merged, f"hydra.run.dir={_quote(str(run_dir))}", "resume=true"], False)
 
 
 @app.command()

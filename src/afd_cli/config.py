@@ -7,7 +7,8 @@ choices, raising :class:`ConfigError` with one line that names the key and the v
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -22,6 +23,7 @@ SPARSE_COMPRESSIONS = ("topk", "dgc")  # the only ones that read compression.* o
 DEVICES = ("auto", "cpu", "cuda")
 TRAINERS = ("auto", "sequential", "batched")
 PRECISIONS = ("fp32", "bf16")
+ON_NONFINITE = ("stop", "skip_client")
 TEXT_DATASETS = ("shakespeare",)
 TEXT_MODELS = ("char_lstm",)
 
@@ -121,6 +123,8 @@ class RootConfig:
     progress: str = "auto"  # auto | rich | plain | none
     resume: bool = True  # continue a run dir that has a checkpoint instead of starting over
     checkpoint_every: int = 1
+    # a non-finite local loss or update: stop the run (status "diverged") or drop that client
+    on_nonfinite: str = "stop"  # stop | skip_client
 
 
 def register_schema() -> None:
@@ -150,6 +154,7 @@ def validate(cfg: DictConfig) -> RootConfig:
     except OmegaConfBaseException as e:
         raise ConfigError(_omegaconf_message(e)) from None
     c: RootConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    _check_finite(c)
 
     _choice("dataset", c.dataset.name, DATASETS)
     _choice("partition", c.partition.name, PARTITIONS)
@@ -160,6 +165,7 @@ def validate(cfg: DictConfig) -> RootConfig:
     _choice("trainer", c.trainer.name, TRAINERS)
     _choice("precision", c.precision, PRECISIONS)
     _choice("progress", c.progress, ("auto", "rich", "plain", "none"))
+    _choice("on_nonfinite", c.on_nonfinite, ON_NONFINITE)
     _choice("compression.values", c.compression.values, ("fp32", "fp16"))
     _choice("strategy.score_update", c.strategy.score_update, ("relative", "absolute"))
 
@@ -263,6 +269,17 @@ def validate(cfg: DictConfig) -> RootConfig:
             f"dataset={d.name!r}; choose one of: iid, dirichlet, shards"
         )
     return c
+
+
+def _check_finite(node: Any, prefix: str = "") -> None:
+    """Every float option must be a finite number: ``nan`` / ``inf`` pass most range checks
+    (``inf > 0``) and would only surface as a diverged or endless run."""
+    for f in fields(node):
+        v = getattr(node, f.name)
+        if is_dataclass(v):
+            _check_finite(v, f"{prefix}{f.name}.")
+        elif isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{prefix}{f.name}={v!r} is out of range; expected a finite number")
 
 
 def _omegaconf_message(e: OmegaConfBaseException) -> str:

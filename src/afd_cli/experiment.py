@@ -20,6 +20,7 @@ import torch
 from . import compression, data, models, strategies
 from .config import ConfigError, RootConfig
 from .federated.client import Evaluator, LocalSGD, SequentialTrainer, Trainer
+from .federated.guard import SKIP, STOP, Diverged, FiniteGuard, SkipObserve, SkipUplink, all_finite
 from .federated.round import RoundResult, run_round
 from .metrics import MetricsWriter, RoundProgress, write_json_atomic
 
@@ -119,8 +120,16 @@ class Simulation:
         """A freshly initialised full model of the configured family (same device)."""
         return new_model(self.cfg, self.ds, self.device)
 
+    @property
+    def skipped(self) -> list[int]:
+        """Clients of the last round dropped for a non-finite result (``on_nonfinite``)."""
+        return sorted(getattr(self.trainer, "skipped", ()))
+
     def round(self, t: int, on_client_done=None) -> RoundResult:
-        return run_round(
+        """Round ``t`` (0-based); raises :class:`Diverged` on a non-finite result."""
+        if isinstance(self.trainer, FiniteGuard):
+            self.trainer.round = t + 1
+        r = run_round(
             t,
             self.weights,
             seed=self.cfg.seed,
@@ -132,6 +141,22 @@ class Simulation:
             full_size=self.full_size,
             on_client_done=on_client_done,
         )
+        if not bool(all_finite(list(self.weights.values()))):
+            raise Diverged(
+                t + 1,
+                None,
+                "the global model has non-finite weights after aggregation",
+                divergence_hint(self.cfg),
+            )
+        return r
+
+
+def divergence_hint(cfg: RootConfig) -> str:
+    """The likely cause and what to try, for :class:`Diverged` messages."""
+    hint = f"the learning rate may be too high (schedule.lr={cfg.schedule.lr:g}); lower it"
+    if cfg.on_nonfinite != SKIP:
+        hint += " or drop such clients with on_nonfinite=skip_client"
+    return hint
 
 
 def cpu_workers(cfg: RootConfig) -> int:
@@ -167,22 +192,32 @@ def build(cfg: RootConfig, ds: data.FederatedDataset | None = None) -> Simulatio
     torch.manual_seed(cfg.seed)
     model = new_model(cfg, ds, device)
     shapes = {k: tuple(p.shape) for k, p in model.named_parameters()}
-    trainer = make_trainer(cfg, model, ds.train.to(device), device)
+    guard = FiniteGuard(
+        make_trainer(cfg, model, ds.train.to(device), device),
+        cfg.on_nonfinite,
+        divergence_hint(cfg),
+    )
+    strategy = strategies.build(cfg.strategy, model, cfg.seed)
+    compressor = compression.build(cfg.compression, shapes=shapes, seed=cfg.seed, device=device)
+    if cfg.on_nonfinite == SKIP:  # skipped clients: no upload, no score-map update
+        strategy, compressor = SkipObserve(strategy, guard), SkipUplink(compressor, guard)
     return Simulation(
         cfg=cfg,
         device=device,
         ds=ds,
         parts=parts,
         model=model,
-        strategy=strategies.build(cfg.strategy, model, cfg.seed),
-        compressor=compression.build(cfg.compression, shapes=shapes, seed=cfg.seed, device=device),
-        trainer=trainer,
+        strategy=strategy,
+        compressor=compressor,
+        trainer=guard,
     )
 
 
 def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
     """Run (or resume) the experiment in ``run_dir``; return the summary."""
     t_start = time.perf_counter()
+    if cfg.progress != "none":  # loading (and verifying) a dataset can take seconds
+        print(f"loading {cfg.dataset.name} ...", flush=True)
     sim = build(cfg)
     ds, device, weights = sim.ds, sim.device, sim.weights
     strategy, compressor, test, full_size = sim.strategy, sim.compressor, sim.test, sim.full_size
@@ -221,9 +256,16 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
         for t in range(state["round"], s.rounds):
             t0 = time.perf_counter()
             r = sim.round(t, on_client_done=progress.client_done)
-            test_loss = test_acc = math.nan
+            test_loss = test_acc = None  # not evaluated: an empty cell in metrics.csv
             if (t + 1) % s.eval_every == 0 or t + 1 == s.rounds:
                 test_loss, test_acc = sim.evaluate(weights)
+                if not math.isfinite(test_loss) and cfg.on_nonfinite == STOP:
+                    raise Diverged(
+                        t + 1,
+                        None,
+                        f"non-finite test loss ({test_loss}) of the global model",
+                        divergence_hint(cfg),
+                    )
                 state["last_acc"] = test_acc
                 if state["best_acc"] is None or test_acc > state["best_acc"]:
                     state["best_acc"], state["best_round"] = test_acc, t + 1
@@ -239,6 +281,7 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
                 "compression": cfg.compression.name,
                 "seed": cfg.seed,
                 "clients": len(r.clients),
+                "skipped": len(sim.skipped),
                 "bytes_down": r.bytes_down,
                 "bytes_up": r.bytes_up,
                 "cum_bytes_down": state["cum_down"],
@@ -297,6 +340,7 @@ def _comparable(cfg: RootConfig) -> dict[str, Any]:
     d = asdict(cfg)
     for k in ("progress", "resume", "data_dir", "device", "threads", "checkpoint_every", "trainer"):
         d.pop(k)
+    d.pop("on_nonfinite")  # matters only once a result is non-finite: may change on resume
     d["schedule"].pop("rounds")  # extending a finished run with more rounds is allowed
     return d
 

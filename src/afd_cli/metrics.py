@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -28,6 +27,7 @@ COLUMNS = [
     "compression",
     "seed",
     "clients",
+    "skipped",  # clients dropped for a non-finite loss or update (on_nonfinite=skip_client)
     "bytes_down",
     "bytes_up",
     "cum_bytes_down",
@@ -71,7 +71,9 @@ class MetricsWriter:
 
 
 def _fmt(v: Any) -> Any:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
+    """None (not evaluated) is an empty cell; NaN and infinities are written as ``nan``,
+    ``inf``, ``-inf``, never blank, so a diverged value cannot pass for a missing one."""
+    if v is None:
         return ""
     if isinstance(v, float):
         return f"{v:.6g}"
@@ -116,9 +118,10 @@ class RoundProgress:
         acc = row.get("test_acc")
         acc_s = "" if acc is None or acc != acc else f"acc {acc:.4f} "
         mb = row["cum_bytes"] / 1e6
+        skipped = f" ({row['skipped']} skipped)" if row.get("skipped") else ""
         line = (
             f"round {row['round']}/{self.total} {acc_s}loss {row['train_loss']:.4f} "
-            f"{mb:,.1f} MB {row['wall_s']:.1f}s"
+            f"{mb:,.1f} MB {row['wall_s']:.1f}s{skipped}"
         )
         if self.mode == "rich":
             self._p.update(self._rounds, advance=1, info=f"{acc_s}{mb:,.1f} MB")
@@ -128,4 +131,7 @@ class RoundProgress:
 
     def close(self) -> None:
         if self.mode == "rich":
+            # the clients bar only means something mid-round: the last frame (left on the
+            # terminal) must not show a stale "clients 0/N"
+            self._p.remove_task(self._clients)
             self._p.stop()

@@ -36,6 +36,8 @@ class Run:
     config: dict[str, Any]  # flattened: {"dataset": "mnist", "strategy.rate": 0.25, ...}
     metrics: pd.DataFrame
     finished: bool
+    # stopped by a non-finite loss or update (status.json "diverged"), or holds nan / inf
+    diverged: bool = False
 
 
 @dataclass

@@ -136,6 +136,7 @@ def analyse(runs: Sequence[Run], target: float | None = None) -> Report:
         row = {k: values[k] for k in keys}
         row.update(
             seeds=len(members),
+            diverged=sum(m.diverged for m in members),
             seed_list=" ".join(seeds),
             rounds=int(stats["rounds"].max()),
             final_acc_mean=float(stats["final_acc"].mean()),

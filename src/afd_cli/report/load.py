@@ -112,17 +112,42 @@ def read_metrics(path: Path) -> pd.DataFrame:
     for c in df.columns:
         if c in text_cols:
             continue
+        # an empty cell is "not evaluated"; nan / inf / -inf are values (a diverged run)
         col = df[c].replace("", np.nan)
         try:
             df[c] = pd.to_numeric(col)
         except (ValueError, TypeError):
-            bad = next(v for v in col.dropna() if not _is_number(v))
-            raise ReportError(f"column {c!r} holds a non-number {bad!r}") from None
+            bad = next((v for v in col.dropna() if not _is_number(v)), None)
+            if bad is not None:
+                raise ReportError(f"column {c!r} holds a non-number {bad!r}") from None
+            df[c] = col.astype(float)  # numbers, some written as nan / inf
     if "cum_bytes" not in df.columns:
         df["cum_bytes"] = df["cum_bytes_down"] + df["cum_bytes_up"]
     if df["round"].isna().any() or not df["round"].is_monotonic_increasing:
         raise ReportError("the round column is not increasing")
     return df
+
+
+def nonfinite_round(df: pd.DataFrame) -> int | None:
+    """The first round with a non-finite loss or accuracy (an empty, not-evaluated test cell
+    is not one; ``train_loss`` is written every round, so a blank one is an old NaN)."""
+    bad = ~np.isfinite(df["train_loss"]) if "train_loss" in df.columns else False
+    for c in ("test_loss", "test_acc"):
+        if c in df.columns:
+            bad = bad | np.isinf(df[c])
+    if "test_loss" in df.columns and "test_acc" in df.columns:
+        bad = bad | (df["test_loss"].isna() != df["test_acc"].isna())
+    rounds = df.loc[bad, "round"] if isinstance(bad, pd.Series) else []
+    return int(rounds.iloc[0]) if len(rounds) else None
+
+
+def read_status(run_dir: Path) -> dict[str, Any]:
+    """The run's status.json (``{}`` when missing or unreadable)."""
+    try:
+        status = json.loads((run_dir / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return status if isinstance(status, dict) else {}
 
 
 def _cut(df: pd.DataFrame, rounds: int) -> pd.DataFrame:
@@ -163,14 +188,18 @@ def load_runs(
         raise ReportError(f"no runs (no metrics.csv) found under {where}")
     runs, problems = [], []
     for f in files:
+        run_dir = f.parent
+        status = read_status(run_dir)
         try:
             df = read_metrics(f)
             if rounds is not None:
                 df = _cut(df, rounds)
         except ReportError as e:
-            problems.append(f"{f}: {e}")
+            why = str(e)
+            if status.get("status") == "diverged":
+                why = f"diverged before any round was recorded: {status.get('error')}"
+            problems.append(f"{f}: {why}")
             continue
-        run_dir = f.parent
         last = int(df["round"].iloc[-1])
         if rounds is not None and last < rounds:
             _warn(f"{run_dir}: has {last} rounds, fewer than --rounds={rounds}; using them all")
@@ -196,9 +225,18 @@ def load_runs(
         cfg.pop("seed", None)
         df = df.assign(seed=cfg_seed if cfg_seed is not None else str(run_dir.name))
         finished = (run_dir / "summary.json").exists()
-        if not finished:
+        bad_round = nonfinite_round(df)
+        diverged = status.get("status") == "diverged" or bad_round is not None
+        if status.get("status") == "diverged":
+            _warn(
+                f"{run_dir}: diverged ({status.get('error', 'non-finite values')}); "
+                f"using its {len(df)} rounds before it"
+            )
+        elif bad_round is not None:
+            _warn(f"{run_dir}: diverged (non-finite loss or accuracy in round {bad_round})")
+        elif not finished:
             _warn(f"{run_dir}: unfinished run (no summary.json); using its {len(df)} rounds")
-        runs.append(Run(run_dir, cfg, df, finished))
+        runs.append(Run(run_dir, cfg, df, finished, diverged))
     if not runs:
         raise ReportError(f"no usable metrics.csv: {'; '.join(problems)}")
     for p in problems:

@@ -61,7 +61,7 @@ def table_rows(report: Report, compact: bool = False) -> tuple[list[str], list[l
         rows.append(
             [
                 *(str(r[k]) for k in shown_keys),
-                str(n),
+                f"{n} ({int(r['diverged'])} diverged)" if r.get("diverged") else str(n),
                 *([] if compact else [str(int(r["rounds"]))]),
                 _pm(100 * r["final_acc_mean"], 100 * r["final_acc_std"], ".2f"),
                 _pm(100 * r["best_acc_mean"], 100 * r["best_acc_std"], ".2f"),
@@ -89,6 +89,7 @@ def markdown(report: Report, plots: Iterable[str] = PLOTS) -> str:
         f'{report.target_note}. "not reached": no seed reached it.',
         "Reduction ×: MB to target of fedavg + none divided by this configuration's (both "
         "reached by every seed), else the ratio of total MB up + down, marked (total).",
+        "Diverged: runs stopped by a non-finite loss or update; their rounds before it count.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join("---" if i < len(header) - 9 else "--:" for i in range(len(header))) + "|",
