@@ -15,6 +15,7 @@ import torch
 
 from afd_cli import cli, experiment
 from afd_cli.config import COMPRESSIONS, SPARSE_COMPRESSIONS, STRATEGIES, validate
+from afd_cli.metrics import TIMING_COLUMNS
 
 SMALL = [
     "dataset=digits",
@@ -127,7 +128,7 @@ def test_thread_count_does_not_change_the_numbers(tmp_path):
         two, _ = run(tmp_path / "two", combo, "device=cpu", "model=cnn_mnist", "threads=2")
     finally:
         torch.set_num_threads(before)
-    timing = ["wall_s", "train_s"]
+    timing = list(TIMING_COLUMNS)
     pd.testing.assert_frame_equal(one.drop(columns=timing), two.drop(columns=timing))
     a = torch.load(tmp_path / "one" / "run" / "checkpoint.pt", weights_only=False)
     b = torch.load(tmp_path / "two" / "run" / "checkpoint.pt", weights_only=False)

@@ -90,8 +90,9 @@ def client_batches(sim, t: int, client: int) -> list[torch.Tensor]:
     return out
 
 
-def researcher_loop(sim, rounds: int) -> tuple[list[float], float]:
-    """FedAvg as a researcher writes it by hand; returns seconds per round and final accuracy.
+def researcher_loop(sim, rounds: int) -> tuple[list[float], list[float], float]:
+    """FedAvg as a researcher writes it by hand; returns seconds per round, seconds of
+    evaluation per round and the final accuracy.
 
     Same clients, batches and initial weights as ``afd run`` with this config, so the final
     accuracies agree up to float rounding (a check that both did the same work).
@@ -101,7 +102,7 @@ def researcher_loop(sim, rounds: int) -> tuple[list[float], float]:
     s = sim.cfg.schedule
     global_model, local = sim.new_model(), sim.new_model()
     global_model.load_state_dict({k: v.clone() for k, v in sim.weights.items()})
-    times, acc = [], math.nan
+    times, eval_times, acc = [], [], math.nan
     for t in range(rounds):
         _sync(sim.device)
         t0 = time.perf_counter()
@@ -123,6 +124,7 @@ def researcher_loop(sim, rounds: int) -> tuple[list[float], float]:
             k: sum(w * st[k] for w, st in zip(sizes, states, strict=True)) / n for k in states[0]
         }
         global_model.load_state_dict(avg)
+        t_eval = time.perf_counter()
         global_model.eval()
         correct = 0
         with torch.no_grad():
@@ -132,7 +134,8 @@ def researcher_loop(sim, rounds: int) -> tuple[list[float], float]:
         acc = correct / len(sim.test)
         _sync(sim.device)
         times.append(time.perf_counter() - t0)
-    return times, acc
+        eval_times.append(time.perf_counter() - t_eval)
+    return times, eval_times, acc
 
 
 def afd_vs_researcher(repeats: int, device: str = "cpu", ds=None) -> dict[str, Any]:
@@ -146,8 +149,8 @@ def afd_vs_researcher(repeats: int, device: str = "cpu", ds=None) -> dict[str, A
         rows = pd.read_csv(Path(tmp) / "metrics.csv")
     ckpt_per_round = summary["checkpoint_s"] / cfg.schedule.rounds
     afd_s = [float(w) + ckpt_per_round for w in rows.wall_s.iloc[1:]]
-    bare_s, bare_acc = researcher_loop(build(cfg, ds), cfg.schedule.rounds)
-    bare_s = bare_s[1:]
+    bare_s, bare_eval_s, bare_acc = researcher_loop(build(cfg, ds), cfg.schedule.rounds)
+    bare_s, bare_eval_s = bare_s[1:], bare_eval_s[1:]
     afd_med, bare_med = statistics.median(afd_s), statistics.median(bare_s)
     return {
         "device": summary["device"],
@@ -158,6 +161,9 @@ def afd_vs_researcher(repeats: int, device: str = "cpu", ds=None) -> dict[str, A
         "bare_median_s": bare_med,
         "ratio": afd_med / bare_med,
         "afd_checkpoint_s_per_round": ckpt_per_round,
+        "afd_train_s": statistics.median(rows.train_s.iloc[1:]),
+        "afd_eval_s": statistics.median(rows.eval_s.iloc[1:]),
+        "bare_eval_s": statistics.median(bare_eval_s),
         "afd_final_acc": float(rows.test_acc.iloc[-1]),
         "bare_final_acc": bare_acc,
     }
@@ -381,14 +387,16 @@ def codec_sizes() -> list[dict[str, Any]]:
 
 def _print_afd_vs_bare(r: dict[str, Any]) -> None:
     t = Table(title="(a) seconds per round: afd run vs the hand-written loop (same work)")
-    for c in ("device", "afd s/round", "bare s/round", "afd / bare", "checkpoint s/round"):
+    for c in ("device", "afd s/round", "bare s/round", "afd / bare", "eval s afd / bare"):
         t.add_column(c, justify="left" if c == "device" else "right")
+    t.add_column("checkpoint s/round", justify="right")
     t.add_column("final acc afd / bare", justify="right")
     t.add_row(
         r["device"],
         f"{r['afd_median_s']:.2f}",
         f"{r['bare_median_s']:.2f}",
         f"{r['ratio']:.2f}x",
+        f"{r['afd_eval_s']:.2f} / {r['bare_eval_s']:.2f}",
         f"{r['afd_checkpoint_s_per_round']:.3f}",
         f"{r['afd_final_acc']:.4f} / {r['bare_final_acc']:.4f}",
     )

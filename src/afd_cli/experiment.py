@@ -257,6 +257,7 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
             t0 = time.perf_counter()
             r = sim.round(t, on_client_done=progress.client_done)
             test_loss = test_acc = None  # not evaluated: an empty cell in metrics.csv
+            t_eval = time.perf_counter()
             if (t + 1) % s.eval_every == 0 or t + 1 == s.rounds:
                 test_loss, test_acc = sim.evaluate(weights)
                 if not math.isfinite(test_loss) and cfg.on_nonfinite == STOP:
@@ -269,6 +270,7 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
                 state["last_acc"] = test_acc
                 if state["best_acc"] is None or test_acc > state["best_acc"]:
                     state["best_acc"], state["best_round"] = test_acc, t + 1
+            eval_s = time.perf_counter() - t_eval
             state["cum_down"] += r.bytes_down
             state["cum_up"] += r.bytes_up
             state["round"] = t + 1
@@ -294,6 +296,7 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
                 "sparsity": r.compressor_stats.get("sparsity", 0.0),
                 "wall_s": time.perf_counter() - t0,
                 "train_s": r.train_s,
+                "eval_s": eval_s,
             }
             writer.write(row)
             state["elapsed"] += row["wall_s"]

@@ -2,8 +2,8 @@
 
 ``metrics.csv`` is appended and flushed once per round, so a crashed or interrupted run keeps
 every finished round; on resume the rows past the checkpoint are dropped first, so the file
-never holds a round twice. Timing columns (``wall_s``, ``train_s``) are the only ones that
-differ between two runs with the same seed.
+never holds a round twice. Timing columns (``wall_s``, ``train_s``, ``eval_s``) are the only
+ones that differ between two runs with the same seed.
 """
 
 from __future__ import annotations
@@ -40,8 +40,9 @@ COLUMNS = [
     "sparsity",
     "wall_s",
     "train_s",
+    "eval_s",
 ]
-TIMING_COLUMNS = ("wall_s", "train_s")
+TIMING_COLUMNS = ("wall_s", "train_s", "eval_s")
 
 
 class MetricsWriter:
