@@ -14,6 +14,7 @@ one intra-op thread, so ``threads=1`` and ``threads=2`` give bitwise the same nu
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -22,6 +23,18 @@ import torch
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+# One pool per size, kept for the process: its threads keep their thread-local modules (no
+# model rebuilt per round) and their one-intra-op-thread setting, taken when they start.
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    with _POOLS_LOCK:
+        if workers not in _POOLS:
+            _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="afd-worker")
+        return _POOLS[workers]
 
 
 @contextlib.contextmanager
@@ -53,9 +66,9 @@ def map_ordered(
                 if on_done:
                     on_done()
             return results
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="afd-client") as pool:
-            for result in pool.map(fn, items):
-                results.append(result)
-                if on_done:
-                    on_done()
+        # threads start on first use, inside single_threaded_ops: one intra-op thread each
+        for result in _pool(workers).map(fn, items):
+            results.append(result)
+            if on_done:
+                on_done()
     return results
