@@ -23,7 +23,7 @@ from .config import ConfigError, RootConfig
 from .federated.client import Evaluator, LocalSGD, SequentialTrainer, Trainer
 from .federated.guard import SKIP, STOP, Diverged, FiniteGuard, SkipObserve, SkipUplink, all_finite
 from .federated.round import RoundResult, run_round
-from .metrics import MetricsWriter, RoundProgress, write_json_atomic
+from .metrics import MetricsWriter, RoundProgress, intact_rows, write_json_atomic
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -252,14 +252,29 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
         "elapsed": 0.0,
     }
     ckpt_path = run_dir / CHECKPOINT
-    if cfg.resume and ckpt_path.exists():
-        # host first: generator states and client buffers must stay CPU tensors on a GPU run
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if ckpt["config"] != _comparable(cfg):
+    ckpt = load_checkpoint(ckpt_path) if cfg.resume and ckpt_path.exists() else None
+    if ckpt is not None:
+        differ = config_differences(ckpt["config"], _comparable(cfg))
+        if differ:
             raise ConfigError(
-                f"{run_dir} holds a run with another config; use a new "
-                "hydra.run.dir or resume=false to start over"
+                f"{run_dir} holds a run with other {', '.join(differ)}; use a new "
+                f"hydra.run.dir, or start over with: afd resume {run_dir} --from-scratch"
             )
+        done = ckpt["state"]["round"]
+        intact = len(intact_rows(run_dir / "metrics.csv", done))
+        if intact < done:
+            # rows intact..done are damaged or gone and the checkpoint holds only round `done`:
+            # rounds are seeded by (seed, round), so running again from round 1 restores them
+            lost = f"round {done}" if intact + 1 == done else f"rounds {intact + 1}-{done}"
+            print(
+                f"note: {run_dir / 'metrics.csv'} holds {intact} intact rounds but "
+                f"{ckpt_path} is at round {done}; recomputing from round 1 to restore "
+                f"{lost} exactly",
+                file=sys.stderr,
+                flush=True,
+            )
+            ckpt = None
+    if ckpt is not None:
         with torch.no_grad():
             for k, w in weights.items():
                 w.copy_(ckpt["weights"][k])
@@ -354,14 +369,80 @@ def majority_share(labels: torch.Tensor) -> float:
     return float(torch.bincount(labels.cpu()).max()) / len(labels)
 
 
+# Options a resume may change: they do not alter the numbers of the rounds already run (or,
+# for schedule.rounds and schedule.eval_every, only how many rounds and which are evaluated).
+MAY_CHANGE = (
+    "resume",  # (first: not listed in messages)
+    "progress",
+    "data_dir",
+    "device",
+    "threads",
+    "checkpoint_every",
+    "trainer",
+    "on_nonfinite",  # matters only once a result is non-finite
+    "schedule.rounds",  # extending a finished run with more rounds is allowed
+    "schedule.eval_every",
+)
+
+
 def _comparable(cfg: RootConfig) -> dict[str, Any]:
     """The parts of a config that must match for a resume to be the same run."""
     d = asdict(cfg)
-    for k in ("progress", "resume", "data_dir", "device", "threads", "checkpoint_every", "trainer"):
-        d.pop(k)
-    d.pop("on_nonfinite")  # matters only once a result is non-finite: may change on resume
-    d["schedule"].pop("rounds")  # extending a finished run with more rounds is allowed
+    for key in MAY_CHANGE:
+        *parents, leaf = key.split(".")
+        node = d
+        for k in parents:
+            node = node[k]
+        node.pop(leaf, None)
     return d
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Dotted keys whose values differ, as ``key (run: x, asked: y)``, skipping
+    :data:`MAY_CHANGE` (so checkpoints that still hold those keys compare the same)."""
+    a, b = flatten(old), flatten(new)
+    allowed = tuple(MAY_CHANGE)
+    out = []
+    for key in sorted(a.keys() | b.keys()):
+        if key in allowed or key.startswith(tuple(f"{k}." for k in allowed)):
+            continue
+        if a.get(key, "<unset>") != b.get(key, "<unset>"):
+            out.append(f"{key} (run: {a.get(key, '<unset>')}, asked: {b.get(key, '<unset>')})")
+    return out
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be read: one line naming the file."""
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """``torch.load`` of a run's checkpoint; anything wrong with the file (cut, garbage, not a
+    checkpoint) is a :class:`CheckpointError` naming it and how to start over."""
+    try:
+        # host first: generator states and client buffers must stay CPU tensors on a GPU run
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(ckpt, dict) or not {"config", "weights", "state"} <= ckpt.keys():
+            raise ValueError("not an afd checkpoint")
+        int(ckpt["state"]["round"])
+    except Exception as e:
+        why = " ".join(str(e).split()) or type(e).__name__
+        why = why if len(why) <= 80 else why[:79].rsplit(" ", 1)[0] + " ..."
+        raise CheckpointError(
+            f"{path} is damaged and cannot be read ({type(e).__name__}: {why}); start over "
+            f"with: afd resume {path.parent} --from-scratch"
+        ) from None
+    return ckpt
 
 
 def _save_checkpoint(

@@ -1,9 +1,9 @@
 """Per-round CSV rows, the end-of-run summary, and the progress display.
 
 ``metrics.csv`` is appended and flushed once per round, so a crashed or interrupted run keeps
-every finished round; on resume the rows past the checkpoint are dropped first, so the file
-never holds a round twice. Timing columns (``wall_s``, ``train_s``, ``eval_s``) are the only
-ones that differ between two runs with the same seed.
+every finished round; on resume the rows past the checkpoint (and a damaged tail) are dropped
+first, so the file never holds a round twice or a half row. Timing columns (``wall_s``,
+``train_s``, ``eval_s``) are the only ones that differ between two runs with the same seed.
 """
 
 from __future__ import annotations
@@ -45,18 +45,68 @@ COLUMNS = [
 TIMING_COLUMNS = ("wall_s", "train_s", "eval_s")
 
 
+TEXT_COLUMNS = ("dataset", "model", "partition", "strategy", "compression")
+
+
+def intact_rows(path: Path, keep_rounds: int | None = None) -> list[dict[str, str]]:
+    """The rows of ``metrics.csv`` that are whole and in order (rounds 1, 2, ...), at most
+    ``keep_rounds`` of them; reading stops at the first damaged line.
+
+    A line counts as whole when it ends in a newline, has one field per header column, the
+    next round number, and a number (or an empty cell) in every numeric column. A half row
+    left by a cut file, garbage or NUL bytes therefore end the intact part; whatever came
+    after them is not trusted (the caller recomputes those rounds).
+    """
+    try:
+        lines = path.read_bytes().split(b"\n")[:-1]  # the last piece has no newline: partial
+    except FileNotFoundError:
+        return []
+    header = _fields(lines[0]) if lines else None
+    if not header or "round" not in header:
+        return []
+    rows: list[dict[str, str]] = []
+    for raw in lines[1:]:
+        if keep_rounds is not None and len(rows) >= keep_rounds:
+            break
+        fields = _fields(raw)
+        if fields is None or len(fields) != len(header):
+            break
+        row = dict(zip(header, fields, strict=True))
+        if row["round"] != str(len(rows) + 1) or not all(
+            _is_number(v) for k, v in row.items() if k not in TEXT_COLUMNS
+        ):
+            break
+        rows.append(row)
+    return rows
+
+
+def _fields(raw: bytes) -> list[str] | None:
+    try:
+        return next(csv.reader([raw.decode("utf-8").removesuffix("\r")]))
+    except (UnicodeDecodeError, csv.Error, StopIteration):  # undecodable, NUL bytes, empty
+        return None
+
+
+def _is_number(v: str) -> bool:
+    if v == "":
+        return True
+    try:
+        float(v)
+    except ValueError:
+        return False
+    return True
+
+
 class MetricsWriter:
-    """Appends one row per round to ``metrics.csv``; truncates to ``keep_rounds`` on resume."""
+    """Appends one row per round to ``metrics.csv``; on resume keeps the first ``keep_rounds``
+    intact rows (see :func:`intact_rows`) and drops everything after them."""
 
     def __init__(self, path: Path, keep_rounds: int = 0):
         self.path = path
-        rows: list[dict[str, str]] = []
-        if keep_rounds and path.exists():
-            with path.open(newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["round"]) <= keep_rounds]
+        rows = intact_rows(path, keep_rounds) if keep_rounds else []
         tmp = path.with_suffix(".csv.tmp")
         with tmp.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=COLUMNS)
+            w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
             w.writeheader()
             w.writerows(rows)
         os.replace(tmp, path)
