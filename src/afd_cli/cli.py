@@ -133,8 +133,8 @@ def expand_sweep(overrides: list[str]) -> list[list[str]]:
     return [list(job) for job in itertools.product(*axes)]
 
 
-def check(overrides: list[str], verified: set[tuple[str, Path]] | None = None) -> None:
-    """Validate a config and verify its cached dataset; raise ConfigError otherwise.
+def check(overrides: list[str], verified: set[tuple[str, Path]] | None = None) -> RootConfig:
+    """Validate a config and verify its cached dataset; return it, raise ConfigError otherwise.
 
     Runs before Hydra makes a run directory, so a missing or damaged dataset leaves nothing
     behind. ``verified`` remembers the (dataset, data_dir) pairs already checked, so a sweep
@@ -145,13 +145,14 @@ def check(overrides: list[str], verified: set[tuple[str, Path]] | None = None) -
     cfg = validate(compose(overrides))
     key = (cfg.dataset.name, Path(cfg.data_dir).expanduser())
     if verified is not None and key in verified:
-        return
+        return cfg
     try:
         data.verify(*key)
     except data.DataError as e:
         raise ConfigError(str(e)) from None
     if verified is not None:
         verified.add(key)
+    return cfg
 
 
 def _hydra_task(cfg: DictConfig) -> None:
@@ -346,25 +347,136 @@ def _report_sweep_failures(sweep_dir: Path) -> None:
         raise typer.Exit(1)
 
 
+# What a run writes into its directory besides .hydra/ (--from-scratch deletes these).
+RUN_OUTPUTS = (
+    "metrics.csv",
+    "metrics.csv.tmp",
+    "checkpoint.pt",
+    "checkpoint.pt.tmp",
+    "summary.json",
+    "summary.json.tmp",
+    "status.json",
+    "status.json.tmp",
+    "partition.csv",
+    "error.txt",
+    "resume.log",
+)
+
+
 @app.command()
 def resume(
     run_dir: Path = typer.Argument(..., help="A run directory made by `afd run`."),
     overrides: list[str] = typer.Argument(
         None, help="Extra overrides, e.g. schedule.rounds=100 to extend a finished run."
     ),
+    from_scratch: bool = typer.Option(
+        False,
+        "--from-scratch",
+        help="Start the run over in RUN_DIR (its metrics, checkpoint and summary are deleted).",
+    ),
 ) -> None:
-    """Continue an interrupted (or extend a finished) run from its last checkpoint."""
+    """Continue an interrupted (or extend a finished) run from its last checkpoint.
+
+    Only options that leave the results alone may change (schedule.rounds,
+    schedule.eval_every, progress, checkpoint_every, threads, device, trainer, on_nonfinite,
+    data_dir); they are recorded in RUN_DIR/resume.log. Anything else is refused before a
+    file is touched."""
     saved = run_dir / ".hydra" / "overrides.yaml"
     if not saved.exists():
         fail(f"{run_dir} is not a run directory (no .hydra/overrides.yaml)")
-    old = [o for o in OmegaConf.load(saved) if not str(o).startswith("hydra.run.dir=")]
-    keys = {o.split("=", 1)[0].lstrip("+~") for o in overrides or []}
-    merged = [o for o in old if o.split("=", 1)[0].lstrip("+~") not in keys] + list(overrides or [])
+    overrides = list(overrides or [])
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if _override_key(key) == "resume" and value.strip().lower() != "true":
+            fail(
+                f"{o} contradicts `afd resume`; to start the run over use: "
+                f"afd resume {run_dir} --from-scratch"
+            )
+        if _override_key(key) == "hydra.run.dir":
+            fail(f"{o}: afd resume continues the run in {run_dir}; it cannot move it")
+    overrides = [o for o in overrides if _override_key(o) != "resume"]
+    old = [
+        str(o)
+        for o in OmegaConf.load(saved)
+        if _override_key(str(o)) not in ("hydra.run.dir", "resume")
+    ]
+    keys = {_override_key(o) for o in overrides}
+    merged = [o for o in old if _override_key(o) not in keys] + overrides
     try:
-        check(merged)
+        cfg = check(merged)
+        record = None if from_scratch else _resume_check(run_dir, cfg)
     except ConfigError as e:
         fail(str(e))
+    if from_scratch:
+        for name in RUN_OUTPUTS:
+            (run_dir / name).unlink(missing_ok=True)
+    elif record is not None:
+        with (run_dir / "resume.log").open("a") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
     _interruptible([*merged, f"hydra.run.dir={_quote(str(run_dir))}", "resume=true"], False)
+
+
+def _saved_config(run_dir: Path) -> RootConfig | None:
+    """The validated config of the run's last launch (``.hydra/config.yaml``), if readable."""
+    try:
+        return validate(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
+    except Exception:
+        return None
+
+
+def _resume_check(run_dir: Path, cfg: RootConfig) -> dict | None:
+    """Refuse (ConfigError) a resume that cannot be exact; touches no file.
+
+    A missing checkpoint where rounds were recorded (and one was due), an unreadable one, or
+    a config that differs from the checkpoint's in anything that alters results. Returns the
+    record for ``resume.log`` (the options that changed) or None if nothing changed.
+    """
+    from dataclasses import asdict
+
+    from . import experiment
+    from .metrics import intact_rows
+
+    ckpt_path = run_dir / experiment.CHECKPOINT
+    before = _saved_config(run_dir)
+    metrics = run_dir / "metrics.csv"
+    if ckpt_path.exists():
+        ckpt = experiment.load_checkpoint(ckpt_path)
+        old, done = ckpt["config"], int(ckpt["state"]["round"])
+    else:
+        recorded = 0
+        if metrics.exists():
+            with metrics.open("rb") as f:
+                recorded = max(0, sum(1 for line in f if line.strip()) - 1)
+        due = before.checkpoint_every if before is not None else 1
+        if (run_dir / "summary.json").exists() or (recorded and recorded >= due):
+            raise ConfigError(
+                f"{ckpt_path} is missing but {metrics} records {recorded} rounds, so the run "
+                f"cannot continue exactly; start it over with: afd resume {run_dir} --from-scratch"
+            )
+        old = experiment._comparable(before) if before is not None else None
+        done = 0
+    if old is not None:
+        differ = experiment.config_differences(old, experiment._comparable(cfg))
+        if differ:
+            raise ConfigError(
+                f"refused, nothing changed: {'; '.join(differ)} would alter the results of the "
+                f"run in {run_dir}; on resume only {', '.join(experiment.MAY_CHANGE[1:])} may "
+                "change (start a new run for other values)"
+            )
+    changed = {}
+    if before is not None:
+        a, b = experiment.flatten(asdict(before)), experiment.flatten(asdict(cfg))
+        changed = {k: [a.get(k), b.get(k)] for k in sorted(a) if a.get(k) != b.get(k)}
+        changed.pop("resume", None)
+    if not changed:
+        return None
+    from datetime import UTC, datetime
+
+    return {
+        "time": datetime.now(UTC).isoformat(timespec="seconds"),
+        "from_round": min(done, len(intact_rows(metrics, done))),
+        "changed": changed,
+    }
 
 
 @app.command()
