@@ -1,0 +1,179 @@
+"""`afd resume` is exact or refuses: damaged metrics are repaired, a missing or damaged checkpoint
+or an override that alters results is refused with one line, before any file is touched."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from afd_cli.metrics import COLUMNS, TIMING_COLUMNS, intact_rows
+
+AFD = [sys.executable, "-m", "afd_cli.cli"]
+SMALL = [
+    "dataset=digits",
+    "model=mlp",
+    "schedule.num_clients=10",
+    "schedule.clients_per_round=3",
+    "progress=none",
+]
+KEEP = [c for c in COLUMNS if c not in TIMING_COLUMNS]
+
+
+def afd(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*AFD, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A finished 3-round run, never changed by the tests (they work on copies)."""
+    root = tmp_path_factory.mktemp("runs")
+    p = afd(root, "run", *SMALL, "schedule.rounds=3", f"hydra.run.dir={root / 'done'}")
+    assert p.returncode == 0, p.stderr
+    return root / "done"
+
+
+@pytest.fixture
+def run(finished, tmp_path) -> Path:
+    shutil.copytree(finished, tmp_path / "r")
+    return tmp_path / "r"
+
+
+def snapshot(d: Path) -> dict[str, tuple[bytes, int]]:
+    return {
+        str(f.relative_to(d)): (f.read_bytes(), f.stat().st_mtime_ns)
+        for f in sorted(d.rglob("*"))
+        if f.is_file()
+    }
+
+
+def one_line_error(p: subprocess.CompletedProcess) -> str:
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.strip().count("\n") == 0, p.stderr
+    assert "Traceback" not in p.stderr
+    return p.stderr.strip()
+
+
+def assert_same_rounds(a: Path, b: Path) -> None:
+    text = (b / "metrics.csv").read_bytes()
+    assert text.endswith(b"\r\n") and len(intact_rows(b / "metrics.csv")) == text.count(b"\n") - 1
+    pd.testing.assert_frame_equal(
+        pd.read_csv(a / "metrics.csv")[KEEP], pd.read_csv(b / "metrics.csv")[KEEP]
+    )
+
+
+# --- damaged metrics.csv -----------------------------------------------------------------------
+
+
+def _cut_tail(path: Path) -> None:  # truncate -s -40
+    path.write_bytes(path.read_bytes()[:-40])
+
+
+def _cut_mid_row(path: Path) -> None:  # the file ends halfway through round 2's row
+    lines = path.read_bytes().split(b"\n")
+    path.write_bytes(b"\n".join(lines[:2]) + b"\n" + lines[2][: len(lines[2]) // 2])
+
+
+def _garbage_row(path: Path) -> None:  # round 2's row overwritten, round 3's row intact
+    lines = path.read_bytes().split(b"\n")
+    lines[2] = b"\x00\x17garbage,,\xff"
+    path.write_bytes(b"\n".join(lines))
+
+
+@pytest.mark.parametrize("damage", [_cut_tail, _cut_mid_row, _garbage_row])
+def test_resume_repairs_a_damaged_metrics_csv_exactly(finished, run, damage):
+    damage(run / "metrics.csv")
+    p = afd(run.parent, "resume", str(run))
+    assert p.returncode == 0, p.stderr
+    assert_same_rounds(finished, run)
+
+
+def test_resume_cuts_rows_past_the_checkpoint(finished, run):
+    """kill -9 after a round's row was written but before its checkpoint (kept behaviour)."""
+    lines = (run / "metrics.csv").read_bytes().split(b"\n")
+    round4 = lines[-2].replace(b"3,", b"4,", 1)
+    (run / "metrics.csv").write_bytes(b"\n".join([*lines[:-1], round4, b""]))
+    p = afd(run.parent, "resume", str(run))
+    assert p.returncode == 0, p.stderr
+    assert_same_rounds(finished, run)
+
+
+def test_intact_rows_stop_at_the_first_damaged_line(tmp_path):
+    f = tmp_path / "m.csv"
+    f.write_bytes(b"round,test_acc,dataset\r\n1,0.5,x\r\n2,nan,x\r\n3,0.7")
+    assert [r["round"] for r in intact_rows(f)] == ["1", "2"]  # 3 has no newline: half a row
+    f.write_bytes(b"round,test_acc,dataset\r\n1,0.5,x\r\n2,0.x,x\r\n3,0.7,x\r\n")
+    assert [r["round"] for r in intact_rows(f)] == ["1"]
+    f.write_bytes(b"round,test_acc,dataset\r\n1,0.5,x\r\n3,0.7,x\r\n2,,x\r\n")
+    assert [r["round"] for r in intact_rows(f, 5)] == ["1"]
+    assert intact_rows(tmp_path / "missing.csv") == []
+
+
+# --- missing or damaged checkpoint -------------------------------------------------------------
+
+
+def test_missing_checkpoint_is_refused_naming_it_and_from_scratch_starts_over(finished, run):
+    (run / "checkpoint.pt").unlink()
+    before = snapshot(run)
+    line = one_line_error(afd(run.parent, "resume", str(run)))
+    assert f"{run / 'checkpoint.pt'} is missing" in line
+    assert line.endswith(f"start it over with: afd resume {run} --from-scratch")
+    assert snapshot(run) == before
+    p = afd(run.parent, "resume", str(run), "--from-scratch")
+    assert p.returncode == 0, p.stderr
+    assert_same_rounds(finished, run)
+    assert (run / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("garbage", [b"hello\n", bytes(range(256)) * 4, b"PK\x03\x04" + b"x" * 99])
+def test_damaged_checkpoint_is_one_line_naming_the_file(run, garbage):
+    (run / "checkpoint.pt").write_bytes(garbage)
+    before = snapshot(run)
+    line = one_line_error(afd(run.parent, "resume", str(run)))
+    assert line.startswith(f"error: {run / 'checkpoint.pt'} is damaged and cannot be read (")
+    assert line.endswith(f"afd resume {run} --from-scratch")
+    assert snapshot(run) == before
+
+
+def test_truncated_checkpoint_is_one_line_naming_the_file(run):
+    ckpt = run / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:-100])
+    line = one_line_error(afd(run.parent, "resume", str(run)))
+    assert f"{ckpt} is damaged and cannot be read" in line
+
+
+# --- overrides on resume -----------------------------------------------------------------------
+
+
+def test_override_that_alters_results_is_refused_before_any_file_is_touched(finished, run):
+    before = snapshot(run)
+    line = one_line_error(afd(run.parent, "resume", str(run), "seed=4", "schedule.lr=0.5"))
+    assert "seed (run: 0, asked: 4)" in line and "schedule.lr (run: " in line
+    assert "schedule.rounds" in line  # says what may change
+    assert snapshot(run) == before
+    p = afd(run.parent, "resume", str(run))  # the run is not damaged: a plain resume works
+    assert p.returncode == 0, p.stderr
+    assert_same_rounds(finished, run)
+
+
+def test_resume_false_is_refused(run):
+    before = snapshot(run)
+    line = one_line_error(afd(run.parent, "resume", str(run), "resume=false"))
+    assert "resume=false contradicts `afd resume`" in line and "--from-scratch" in line
+    assert snapshot(run) == before
+
+
+def test_allowed_change_continues_and_is_recorded(run, tmp_path):
+    p = afd(run.parent, "resume", str(run), "schedule.rounds=4", "checkpoint_every=2")
+    assert p.returncode == 0, p.stderr
+    straight = tmp_path / "straight"
+    p = afd(tmp_path, "run", *SMALL, "schedule.rounds=4", f"hydra.run.dir={straight}")
+    assert p.returncode == 0, p.stderr
+    assert_same_rounds(straight, run)
+    (record,) = [json.loads(line) for line in (run / "resume.log").read_text().splitlines()]
+    assert record["from_round"] == 3
+    assert record["changed"] == {"schedule.rounds": [3, 4], "checkpoint_every": [1, 2]}
+    assert "schedule.rounds=4" in (run / ".hydra" / "overrides.yaml").read_text()
