@@ -128,6 +128,17 @@ def test_missing_checkpoint_is_refused_naming_it_and_from_scratch_starts_over(fi
     assert (run / "checkpoint.pt").exists()
 
 
+def test_kill_before_the_first_checkpoint_still_resumes(finished, run):
+    """Round 1's row written, killed before its checkpoint: nothing to refuse, start over."""
+    (run / "checkpoint.pt").unlink()
+    (run / "summary.json").unlink()
+    lines = (run / "metrics.csv").read_bytes().split(b"\n")
+    (run / "metrics.csv").write_bytes(b"\n".join([*lines[:2], b""]))
+    p = afd(run.parent, "resume", str(run))
+    assert p.returncode == 0, p.stderr
+    assert_same_rounds(finished, run)
+
+
 @pytest.mark.parametrize("garbage", [b"hello\n", bytes(range(256)) * 4, b"PK\x03\x04" + b"x" * 99])
 def test_damaged_checkpoint_is_one_line_naming_the_file(run, garbage):
     (run / "checkpoint.pt").write_bytes(garbage)

@@ -348,11 +348,10 @@ def _report_sweep_failures(sweep_dir: Path) -> None:
 
 
 # What a run writes into its directory besides .hydra/ (--from-scratch deletes these).
+# The checkpoint goes last: interrupted half way, a plain resume still recomputes exactly.
 RUN_OUTPUTS = (
     "metrics.csv",
     "metrics.csv.tmp",
-    "checkpoint.pt",
-    "checkpoint.pt.tmp",
     "summary.json",
     "summary.json.tmp",
     "status.json",
@@ -360,6 +359,8 @@ RUN_OUTPUTS = (
     "partition.csv",
     "error.txt",
     "resume.log",
+    "checkpoint.pt.tmp",
+    "checkpoint.pt",
 )
 
 
@@ -447,8 +448,10 @@ def _resume_check(run_dir: Path, cfg: RootConfig) -> dict | None:
         if metrics.exists():
             with metrics.open("rb") as f:
                 recorded = max(0, sum(1 for line in f if line.strip()) - 1)
+        # a round's row is written just before its checkpoint: a kill -9 between the two
+        # leaves `due` rows and no checkpoint, and starting over from round 1 is still exact
         due = before.checkpoint_every if before is not None else 1
-        if (run_dir / "summary.json").exists() or (recorded and recorded >= due):
+        if (run_dir / "summary.json").exists() or recorded > due:
             raise ConfigError(
                 f"{ckpt_path} is missing but {metrics} records {recorded} rounds, so the run "
                 f"cannot continue exactly; start it over with: afd resume {run_dir} --from-scratch"
