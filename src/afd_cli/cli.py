@@ -140,9 +140,9 @@ def check(overrides: list[str], verified: set[tuple[str, Path]] | None = None) -
     behind. ``verified`` remembers the (dataset, data_dir) pairs already checked, so a sweep
     hashes each dataset once, not once per job.
     """
-    from . import data
-
     cfg = validate(compose(overrides))
+    from . import data  # imports torch (~3 s): only once the config is known to be valid
+
     key = (cfg.dataset.name, Path(cfg.data_dir).expanduser())
     if verified is not None and key in verified:
         return
