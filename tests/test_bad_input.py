@@ -20,7 +20,7 @@ import pytest
 
 AFD = [sys.executable, "-m", "afd_cli.cli"]
 # cases that must get past the dataset check (the default cache's mnist) to reach their error
-NEEDS_DATA = {"run-dir-under-file"}
+NEEDS_DATA = {"run-dir-under-file", "run-dir-bad-interpolation"}
 RUN = "<run>"  # placeholder: an `afd run` case gets hydra.run.dir=<cwd>/run appended
 
 # (case id, argv after `afd`, expected message fragment). Every case expects exit code 2.
@@ -132,6 +132,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("sweep-bad-seed", ["run", "-m", "seed=0,-1", "hydra.sweep.dir=sweep"], "seed=-1 is out"),
     # run directory
     ("run-dir-under-file", ["run", "hydra.run.dir=afile/run"], "cannot create the run directory"),
+    ("run-dir-bad-interpolation", ["run", "hydra.run.dir=${nope}/r"], "cannot resolve hydra"),
     ("delete-seed", [RUN, "~seed"], "override '~seed' cannot delete a config key; set it"),
     ("delete-deep-key", [RUN, "~schedule.lr"], "cannot delete a config key; set it: schedule.lr="),
 ]
