@@ -12,6 +12,7 @@ import os
 import secrets
 import sys
 import traceback
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 import typer
@@ -55,6 +56,7 @@ register_schema()
 # A fresh random tag per resolution: the default run directory name stays unique even for
 # runs started in the same second (conf/config.yaml, hydra.run.dir).
 OmegaConf.register_new_resolver("afd_uid", lambda: secrets.token_hex(3), replace=True)
+SCALAR_KEYS = {f.name for f in fields(RootConfig) if f.default_factory is MISSING}
 RUN_FILES = (".hydra", "metrics.csv", "checkpoint.pt", "summary.json")
 app = typer.Typer(
     help="Communication-efficient federated learning experiments: FedAvg, "
@@ -81,6 +83,7 @@ def compose(overrides: list[str]) -> DictConfig:
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
 
+    _check_syntax(overrides)
     try:
         with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
             return hydra_compose("config", overrides=overrides)
@@ -88,6 +91,25 @@ def compose(overrides: list[str]) -> DictConfig:
         raise ConfigError(_hydra_message(e)) from None
     except Exception as e:  # OmegaConf interpolation and type errors
         raise ConfigError(" ".join(str(e).split())) from None
+
+
+def _check_syntax(overrides: list[str]) -> None:
+    """What Hydra's override grammar reports badly: an option among the overrides (``afd run
+    --foo`` gave ``LexerNoViableAltException: --foo ^``) and an empty key (``=3`` gave "Config
+    group override must be a string or a list. Got int", naming nothing)."""
+    for o in overrides:
+        if o.startswith("-"):
+            raise ConfigError(
+                f"No such option: {o}; options go before the overrides (see --help), "
+                "overrides are key=value"
+            )
+        if "=" in o and not _override_key(o):
+            raise ConfigError(f"override {o!r} has no key; expected key=value")
+        key = _override_key(o)
+        if o.startswith("~") and ("." in key or key in SCALAR_KEYS):
+            # the schema puts the key back with its default, so the deletion did nothing
+            # (and the default hydra.run.dir, which interpolates ${seed}, failed to resolve)
+            raise ConfigError(f"override {o!r} cannot delete a config key; set it: {key}=VALUE")
 
 
 def _hydra_message(e: Exception) -> str:
@@ -116,6 +138,7 @@ def expand_sweep(overrides: list[str]) -> list[list[str]]:
     """Every job of a multirun sweep as a plain override list (to validate each up front)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    _check_syntax(overrides)
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception as e:
@@ -140,9 +163,9 @@ def check(overrides: list[str], verified: set[tuple[str, Path]] | None = None) -
     behind. ``verified`` remembers the (dataset, data_dir) pairs already checked, so a sweep
     hashes each dataset once, not once per job.
     """
-    from . import data
-
     cfg = validate(compose(overrides))
+    from . import data  # imports torch (~3 s): only once the config is known to be valid
+
     key = (cfg.dataset.name, Path(cfg.data_dir).expanduser())
     if verified is not None and key in verified:
         return cfg
@@ -236,9 +259,12 @@ def run(
 ) -> None:
     """Train one federated experiment (or a sweep with -m) and write metrics.csv per run."""
     overrides = overrides or []
-    jobs = expand_sweep(overrides) if multirun else [overrides]
     verified: set[tuple[str, Path]] = set()
     try:
+        jobs = expand_sweep(overrides) if multirun else [overrides]
+        if len(jobs) > 1:  # every job's config first: a bad value is not hidden by missing data
+            for job in jobs:
+                validate(compose(job))
         for job in jobs:
             check(job, verified)
     except ConfigError as e:
@@ -287,9 +313,13 @@ def _claim_run_dir(overrides: list[str]) -> list[str]:
     explicit = any(_override_key(o) == "hydra.run.dir" for o in overrides)
     rest = [o for o in overrides if _override_key(o) != "hydra.run.dir"]
     for _ in range(10):
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-            cfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)
-        run_dir = Path(str(cfg.hydra.run.dir))
+        try:
+            with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+                cfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)
+            run_dir = Path(str(cfg.hydra.run.dir))
+        except Exception as e:  # e.g. ~seed: hydra.run.dir interpolates ${seed}
+            message = " ".join(str(e).split("full_key:")[0].split())
+            raise ConfigError(f"cannot resolve hydra.run.dir: {message}") from None
         held = None
         try:
             if not explicit:
@@ -580,7 +610,30 @@ def _data_dir(opt: Path | None) -> Path:
 
 
 def main() -> None:
-    app()
+    """``app()``, except that Click's usage errors (``afd --foo``, ``afd report --target abc``,
+    a missing argument) are one line on stderr, like every other bad input, instead of a usage
+    block and a boxed message; exit code 2 as before."""
+    from typer import Abort
+    from typer._click import exceptions as click_errors  # Typer vendors Click since 0.2x
+
+    try:
+        rv = app(standalone_mode=False)
+    except click_errors.NoArgsIsHelpError as e:  # bare `afd data`: the help, as before
+        typer.echo(e.format_message(), err=True)
+        rv = e.exit_code
+    except click_errors.UsageError as e:
+        hint = f" (see: {e.ctx.command_path} --help)" if e.ctx else ""
+        rv = _one_line_error(" ".join(e.format_message().split()) + hint, e.exit_code)
+    except click_errors.ClickException as e:
+        rv = _one_line_error(" ".join(e.format_message().split()), e.exit_code)
+    except Abort:
+        rv = 130
+    raise SystemExit(rv if isinstance(rv, int) else 0)
+
+
+def _one_line_error(message: str, code: int) -> int:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
+    return code
 
 
 if __name__ == "__main__":

@@ -26,6 +26,10 @@ PRECISIONS = ("fp32", "bf16")
 ON_NONFINITE = ("stop", "skip_client")
 TEXT_DATASETS = ("shakespeare",)
 TEXT_MODELS = ("char_lstm",)
+# numpy's legacy seeding and torch.Generator.manual_seed both take any value in [0, 2**32 - 1];
+# outside it a run failed after loading the data with a message about the partition
+# (seed=-1) or an int64 overflow (a 23-digit seed), and had already made its run directory.
+MAX_SEED = 2**32 - 1
 
 
 class ConfigError(ValueError):
@@ -256,6 +260,7 @@ def validate(cfg: DictConfig) -> RootConfig:
         c.trainer.chunk,
         "null or an integer >= 1",
     )
+    _check(0 <= c.seed <= MAX_SEED, "seed", c.seed, f"an integer in [0, {MAX_SEED}]")
     _check(c.checkpoint_every >= 1, "checkpoint_every", c.checkpoint_every, "an integer >= 1")
 
     text_data, text_model = d.name in TEXT_DATASETS, m.name in TEXT_MODELS
