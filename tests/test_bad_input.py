@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from helpers import AFD
 
-AFD = [sys.executable, "-m", "afd_cli.cli"]
 # cases that must get past the dataset check (the default cache's mnist) to reach their error
 NEEDS_DATA = {"run-dir-under-file", "run-dir-bad-interpolation"}
 RUN = "<run>"  # placeholder: an `afd run` case gets hydra.run.dir=<cwd>/run appended

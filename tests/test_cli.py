@@ -2,26 +2,17 @@
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from helpers import AFD, SMALL
 
 from afd_cli import cli, models
 from afd_cli.compression import encode_params
 from afd_cli.config import ConfigError
 from afd_cli.metrics import COLUMNS, TIMING_COLUMNS
-
-AFD = [sys.executable, "-m", "afd_cli.cli"]
-SMALL = [
-    "dataset=digits",
-    "model=mlp",
-    "schedule.num_clients=10",
-    "schedule.clients_per_round=3",
-    "progress=plain",
-]
 
 BAD = {
     "strategy=foo": "strategy='foo' is not valid; choose one of: fd, fedavg, multi, single",

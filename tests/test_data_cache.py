@@ -7,16 +7,15 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import AFD
 
 from afd_cli import cli, data
 from afd_cli.config import ConfigError
 
-AFD = [sys.executable, "-m", "afd_cli.cli"]
 RUN = [
     "dataset=mnist5k",
     "model=mlp",

@@ -3,12 +3,12 @@
 import json
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from helpers import AFD, SMALL
 from test_report import fake_run  # pytest puts tests/ on sys.path
 
 from afd_cli import cli, experiment
@@ -20,14 +20,6 @@ from afd_cli.federated.round import sample_clients
 from afd_cli.metrics import COLUMNS, MetricsWriter, RoundProgress
 
 ROOT = Path(__file__).resolve().parents[1]
-AFD = [sys.executable, "-m", "afd_cli.cli"]
-SMALL = [
-    "dataset=digits",
-    "model=mlp",
-    "schedule.num_clients=10",
-    "schedule.clients_per_round=3",
-    "progress=plain",
-]
 
 
 def afd(cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:

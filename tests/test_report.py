@@ -3,15 +3,14 @@
 import json
 import math
 import subprocess
-import sys
 
 import pandas as pd
 import pytest
+from helpers import AFD
 
 from afd_cli import report as rep
 from afd_cli.metrics import COLUMNS
 
-AFD = [sys.executable, "-m", "afd_cli.cli"]
 MB = 1_000_000
 
 

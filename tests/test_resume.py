@@ -4,22 +4,16 @@ or an override that alters results is refused with one line, before any file is 
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import AFD
+from helpers import SMALL as SMALL_RUN
 
 from afd_cli.metrics import COLUMNS, TIMING_COLUMNS, intact_rows
 
-AFD = [sys.executable, "-m", "afd_cli.cli"]
-SMALL = [
-    "dataset=digits",
-    "model=mlp",
-    "schedule.num_clients=10",
-    "schedule.clients_per_round=3",
-    "progress=none",
-]
+SMALL = [o for o in SMALL_RUN if not o.startswith("progress=")] + ["progress=none"]
 KEEP = [c for c in COLUMNS if c not in TIMING_COLUMNS]
 
 
