@@ -614,7 +614,11 @@ def main() -> None:
     a missing argument) are one line on stderr, like every other bad input, instead of a usage
     block and a boxed message; exit code 2 as before."""
     from typer import Abort
-    from typer._click import exceptions as click_errors  # Typer vendors Click since 0.2x
+
+    try:  # newer Typer vendors Click (no click package installed); older ones depend on it
+        from typer._click import exceptions as click_errors
+    except ImportError:  # pragma: no cover - depends on the installed Typer
+        from click import exceptions as click_errors
 
     try:
         rv = app(standalone_mode=False)
