@@ -122,3 +122,16 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path):
     resumed = pd.read_csv(tmp_path / "r" / "metrics.csv")
     keep = [c for c in COLUMNS if c not in TIMING_COLUMNS]
     pd.testing.assert_frame_equal(straight[keep], resumed[keep])
+
+
+def test_composed_defaults_are_the_schema_defaults():
+    """The defaults list's options and the dataclass schema must not disagree (they did:
+    schedule.rounds 10 in yaml, 20 in the dataclass): one default per key, whichever way a
+    config is built (`afd run` composes yaml; the benchmark builds RootConfig())."""
+    from dataclasses import asdict
+
+    from afd_cli.config import RootConfig, validate
+
+    composed, schema = asdict(validate(cli.compose([]))), asdict(RootConfig())
+    composed.pop("data_dir"), schema.pop("data_dir")  # yaml reads $AFD_DATA_DIR
+    assert composed == schema

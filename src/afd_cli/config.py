@@ -65,7 +65,7 @@ class ModelConfig:
 
 @dataclass
 class ScheduleConfig:
-    rounds: int = 20
+    rounds: int = 10
     num_clients: int = 100
     clients_per_round: int = 10
     local_epochs: int = 1
