@@ -290,6 +290,12 @@ def test_explicit_empty_run_dir_is_used(tmp_path):
 # --- newcomer papercuts ----------------------------------------------------------------------
 
 
+def _default_sigint() -> None:
+    # a test suite started as a background job (`make test &`, some CI runners) inherits
+    # SIGINT ignored, and Python then never raises KeyboardInterrupt: give the child a Ctrl-C
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_exits_130_and_prints_the_resume_command(tmp_path):
     p = subprocess.Popen(
         [*AFD, "run", *SMALL, "schedule.rounds=1000", "hydra.run.dir=r"],
@@ -297,6 +303,7 @@ def test_ctrl_c_exits_130_and_prints_the_resume_command(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_default_sigint,
     )
     for line in p.stdout:
         if line.startswith("round 1/"):
