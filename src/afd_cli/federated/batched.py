@@ -3,9 +3,10 @@
 Why: batching is a GPU lever. A round trains up to a hundred small models on small batches;
 one at a time, a GPU spends its time launching tiny kernels. Stacking the clients' weights as
 ``[C, ...]`` tensors and mapping one module over them with :func:`torch.func.vmap` turns C
-small steps into one big one (on an H100, ~14x a sequential loop for 100 clients). On this
-2-core CPU the CNNs run at ~0.7x of the loop (vmapped convolutions become grouped ones), so
-``trainer=auto`` picks sequential on CPU.
+small steps into one big one (issue 11 quotes ~14x a sequential loop for 100 clients on an
+H100). On this 2-core CPU cnn_mnist ran at 0.6x of the sequential trainer (vmapped
+convolutions become grouped ones; ``make benchmark``, e), so ``trainer=auto`` picks
+sequential on CPU.
 
 What it computes is exactly what :class:`~.client.SequentialTrainer` computes, up to fp32
 rounding (tests check it):
