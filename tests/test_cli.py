@@ -135,3 +135,59 @@ def test_composed_defaults_are_the_schema_defaults():
     composed, schema = asdict(validate(cli.compose([]))), asdict(RootConfig())
     composed.pop("data_dir"), schema.pop("data_dir")  # yaml reads $AFD_DATA_DIR
     assert composed == schema
+
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def _leaves(node, prefix=""):
+    """``{dotted key: value}`` of a yaml mapping (the ``defaults`` list aside)."""
+    out = {}
+    for k, v in (node or {}).items():
+        if k == "defaults":
+            continue
+        if isinstance(v, dict):
+            out.update(_leaves(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+@pytest.mark.parametrize(
+    "path", sorted(p for p in CONF.glob("*/*.yaml") if p.parent.name != "experiment"), ids=str
+)
+def test_config_files_set_only_what_differs_from_the_schema(path):
+    """Defaults live once, in the schema: a group option (conf/<group>/<option>.yaml) that
+    restated one could drift from it (strategy.explore was 0.2 in yaml and 0.0 in the
+    dataclass). Experiments are exempt: they spell a paper's setting out on purpose."""
+    from dataclasses import asdict
+
+    import yaml
+
+    from afd_cli.config import RootConfig
+
+    text = path.read_text()
+    node = yaml.safe_load(text) or {}
+    if "@package _global_" not in text:
+        node = {path.parent.name: node}
+    schema = {}
+    for k, v in asdict(RootConfig()).items():
+        schema.update(_leaves({k: v}) if isinstance(v, dict) else {k: v})
+    restated = [
+        k for k, v in _leaves(node).items() if not k.endswith(".name") and schema.get(k) == v
+    ]
+    assert restated == [], f"{path.name} restates schema defaults: {restated}"
+
+
+@pytest.mark.parametrize("group", ["strategy", "compression", "model", "dataset", "partition"])
+def test_every_registered_name_has_a_config_and_an_implementation(group):
+    """Names live once (afd_cli.registry): the yaml options of a group are exactly its
+    registered names, each loads, and validation accepts exactly those."""
+    from afd_cli import registry
+
+    options = sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    assert options == sorted(registry.names(group))
+    for name in registry.names(group):
+        assert registry.load(group, name) is not None
+    with pytest.raises(ValueError, match="choose one of"):
+        registry.load(group, "no_such_option")

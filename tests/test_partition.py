@@ -123,7 +123,7 @@ def test_natural_chooses_seeded_subset() -> None:
 def test_natural_needs_groups_and_unknown_name() -> None:
     with pytest.raises(ValueError, match="groups"):
         partition("natural", np.zeros(10), 2, seed=0)
-    with pytest.raises(ValueError, match="unknown partition"):
+    with pytest.raises(ValueError, match="is not valid; choose one of"):
         partition("bogus", np.zeros(10), 2, seed=0)
 
 

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from afd_cli import cli, experiment
-from afd_cli.config import COMPRESSIONS, SPARSE_COMPRESSIONS, STRATEGIES, validate
+from afd_cli.config import validate
 from afd_cli.metrics import TIMING_COLUMNS
+from afd_cli.registry import COMPRESSIONS, SPARSE_COMPRESSIONS, STRATEGIES
 
 SMALL = [
     "dataset=digits",

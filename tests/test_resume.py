@@ -182,3 +182,18 @@ def test_allowed_change_continues_and_is_recorded(run, tmp_path):
     assert record["from_round"] == 3
     assert record["changed"] == {"schedule.rounds": [3, 4], "checkpoint_every": [1, 2]}
     assert "schedule.rounds=4" in (run / ".hydra" / "overrides.yaml").read_text()
+
+
+def test_keys_a_plugin_does_not_read_never_block_a_resume():
+    """fedavg reads no strategy.* key: a checkpoint written when the schema's strategy.rate
+    default was 0.0 still resumes; for multi, the same difference is a different run."""
+    from afd_cli.experiment import config_differences
+
+    old = {"strategy": {"name": "fedavg", "rate": 0.0, "explore": 0.0}, "seed": 0}
+    new = {"strategy": {"name": "fedavg", "rate": 0.25, "explore": 0.2}, "seed": 0}
+    assert config_differences(old, new) == []
+    old["strategy"]["name"] = new["strategy"]["name"] = "multi"
+    assert [d.split(" ")[0] for d in config_differences(old, new)] == [
+        "strategy.explore",
+        "strategy.rate",
+    ]

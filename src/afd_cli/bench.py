@@ -58,11 +58,7 @@ def _config(strategy: str = "fedavg", compression: str = "none", device: str = "
     cfg.model.name = "cnn_mnist"
     s = cfg.schedule
     s.num_clients, s.clients_per_round, s.local_epochs, s.batch_size, s.lr = 100, 10, 1, 10, 0.05
-    cfg.strategy = (
-        StrategyConfig(name=strategy, rate=0.25, explore=0.2)
-        if strategy != "fedavg"
-        else StrategyConfig(name="fedavg")
-    )
+    cfg.strategy = StrategyConfig(name=strategy)  # the schema's defaults are afd run's
     cfg.compression = CompressionConfig(name=compression)
     cfg.device = device
     cfg.progress = "none"

@@ -14,18 +14,14 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-DATASETS = ("mnist", "fashion_mnist", "mnist5k", "digits", "shakespeare")
-PARTITIONS = ("iid", "dirichlet", "shards", "natural")
-MODELS = ("cnn_mnist", "cnn_femnist", "mlp", "char_lstm")
-STRATEGIES = ("fedavg", "fd", "multi", "single")
-COMPRESSIONS = ("none", "fp16", "q8", "topk", "dgc")
-SPARSE_COMPRESSIONS = ("topk", "dgc")  # the only ones that read compression.* options
+from . import registry
+
+# The plug-in groups' names (strategy, compression, model, dataset, partition) live in
+# afd_cli.registry; these are the choices of the other options.
 DEVICES = ("auto", "cpu", "cuda")
 TRAINERS = ("auto", "sequential", "batched")
 PRECISIONS = ("fp32", "bf16")
 ON_NONFINITE = ("stop", "skip_client")
-TEXT_DATASETS = ("shakespeare",)
-TEXT_MODELS = ("char_lstm",)
 # numpy's legacy seeding and torch.Generator.manual_seed both take any value in [0, 2**32 - 1];
 # outside it a run failed after loading the data with a message about the partition
 # (seed=-1) or an int64 overflow (a 23-digit seed), and had already made its run directory.
@@ -79,11 +75,15 @@ class ScheduleConfig:
 
 @dataclass
 class StrategyConfig:
-    name: str = "fedavg"
-    rate: float = 0.0  # fraction of units dropped per droppable layer, in [0, 1)
+    name: str = "fedavg"  # fedavg reads none of the keys below
+    # fd, multi, single: fraction of units dropped per droppable layer, in [0, 1); the papers'
+    # default 0.25 (0 makes every strategy FedAvg)
+    rate: float = 0.25
     # AFD (multi | single), Bouacida et al. 2021, Algorithms 1-2 (see afd_cli.scoremap):
     score_init: float = 0.0  # initial score (sampling weight) of every unit, >= 0 (0 = paper)
-    explore: float = 0.0  # share of each layer's budget always drawn uniformly (0 = paper)
+    # share of each redraw taken uniformly; 0 (paper, literal) freezes the map after its first
+    # improving round (see scoremap.py), so this project uses 0.2
+    explore: float = 0.2
     score_update: str = "relative"  # relative: (l_prev - l)/l_prev (paper) ; absolute: l_prev - l
 
 
@@ -92,10 +92,13 @@ class CompressionConfig:
     name: str = "none"
     values: str = "fp32"  # value precision of sparse payloads: fp32 | fp16
     sparsity: float = 0.999  # target fraction of entries NOT sent (topk, dgc)
-    warmup_rounds: int = 4  # dgc: exponential warm-up 75%, 93.75%, ... over these rounds
+    # dgc: exponential warm-up 75%, 93.75%, 98.4375%, 99.6% spread over these rounds, then the
+    # target. Lin et al. warm up over 4 epochs: 4 * K/(C*E) rounds in FL (40 in
+    # experiment=paper_mnist); 4 suits short runs
+    warmup_rounds: int = 4
     momentum: float = 0.9  # dgc: momentum of the correction buffer u
-    momentum_correction: bool = True
-    momentum_masking: bool = True
+    momentum_correction: bool = True  # dgc: u = m*u + G; v = v + u   (false: v = v + G)
+    momentum_masking: bool = True  # dgc: zero u and v where sent  (false: zero v only)
     clip_norm: float | None = None  # dgc: global clip c; each client clips to c * N^-1/2
     sample_ratio: float = 0.01  # dgc: fraction of entries sampled to estimate the threshold
     dense_below: int = 1024  # tensors with fewer entries go dense (biases)
@@ -120,13 +123,16 @@ class RootConfig:
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     seed: int = 0
-    device: str = "auto"
+    device: str = "auto"  # auto | cpu | cuda
     precision: str = "fp32"  # fp32 | bf16 (autocast in local training and evaluation)
-    threads: int | None = None  # torch CPU threads; null = torch's default (all cores)
-    data_dir: str = "~/.cache/afd-cli"
-    progress: str = "auto"  # auto | rich | plain | none
-    resume: bool = True  # continue a run dir that has a checkpoint instead of starting over
-    checkpoint_every: int = 1
+    # torch CPU threads; null = torch's default (all cores); use 1 per job for parallel sweeps
+    threads: int | None = None
+    data_dir: str = "~/.cache/afd-cli"  # conf/config.yaml reads $AFD_DATA_DIR first
+    progress: str = "auto"  # auto (rich on a terminal, plain lines otherwise) | rich | plain | none
+    # afd resume (and a re-run sweep job) continues from the checkpoint; afd run refuses a dir
+    # that holds a run
+    resume: bool = True
+    checkpoint_every: int = 1  # rounds between checkpoints
     # a non-finite local loss or update: stop the run (status "diverged") or drop that client
     on_nonfinite: str = "stop"  # stop | skip_client
 
@@ -160,11 +166,8 @@ def validate(cfg: DictConfig) -> RootConfig:
     c: RootConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
     _check_finite(c)
 
-    _choice("dataset", c.dataset.name, DATASETS)
-    _choice("partition", c.partition.name, PARTITIONS)
-    _choice("model", c.model.name, MODELS)
-    _choice("strategy", c.strategy.name, STRATEGIES)
-    _choice("compression", c.compression.name, COMPRESSIONS)
+    for group in registry.GROUPS:
+        _choice(group, getattr(c, group).name, registry.names(group))
     _choice("device", c.device, DEVICES)
     _choice("trainer", c.trainer.name, TRAINERS)
     _choice("precision", c.precision, PRECISIONS)
@@ -246,12 +249,13 @@ def validate(cfg: DictConfig) -> RootConfig:
         0 < z.sample_ratio <= 1, "compression.sample_ratio", z.sample_ratio, "a number in (0, 1]"
     )
     _check(z.dense_below >= 0, "compression.dense_below", z.dense_below, "an integer >= 0")
-    if z.downlink and z.name not in SPARSE_COMPRESSIONS:
+    sparse = registry.SPARSE_COMPRESSIONS
+    if z.downlink and z.name not in sparse:
         # dense codecs already use one format both ways; silently ignoring the flag would
         # leave a researcher believing the download was sparsified
         raise ConfigError(
             f"compression.downlink=true needs a sparse compressor, not compression={z.name!r}; "
-            f"choose one of: {', '.join(SPARSE_COMPRESSIONS)}"
+            f"choose one of: {', '.join(sparse)}"
         )
     _check(c.threads is None or c.threads >= 1, "threads", c.threads, "null or an integer >= 1")
     _check(
@@ -263,10 +267,10 @@ def validate(cfg: DictConfig) -> RootConfig:
     _check(0 <= c.seed <= MAX_SEED, "seed", c.seed, f"an integer in [0, {MAX_SEED}]")
     _check(c.checkpoint_every >= 1, "checkpoint_every", c.checkpoint_every, "an integer >= 1")
 
-    text_data, text_model = d.name in TEXT_DATASETS, m.name in TEXT_MODELS
-    if text_data != text_model:
-        fits = TEXT_MODELS if text_data else tuple(x for x in MODELS if x not in TEXT_MODELS)
-        ok = ", ".join(fits)
+    kind = registry.DATASETS[d.name].input
+    text_data = kind == "text"
+    if registry.MODELS[m.name].input != kind:
+        ok = ", ".join(n for n, x in registry.MODELS.items() if x.input == kind)
         raise ConfigError(f"model={m.name!r} does not fit dataset={d.name!r}; choose one of: {ok}")
     if p.name == "natural" and not text_data:
         raise ConfigError(

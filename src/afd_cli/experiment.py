@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import compression, data, models, strategies
+from . import compression, data, models, registry, strategies
 from .config import ConfigError, RootConfig
 from .federated.client import Evaluator, LocalSGD, SequentialTrainer, Trainer
 from .federated.guard import SKIP, STOP, Diverged, FiniteGuard, SkipObserve, SkipUplink, all_finite
@@ -76,16 +76,8 @@ def make_partition(cfg: RootConfig, ds: data.FederatedDataset) -> list[np.ndarra
 
 
 def new_model(cfg: RootConfig, ds: data.FederatedDataset, device: torch.device) -> models.FLModel:
-    m = cfg.model
-    return models.build(
-        m.name,
-        ds.input_shape,
-        ds.num_classes,
-        hidden=m.hidden,
-        embed_dim=m.embed_dim,
-        lstm_hidden=m.lstm_hidden,
-        lstm_layers=m.lstm_layers,
-    ).to(device)
+    factory = registry.load("model", cfg.model.name)
+    return factory(ds.input_shape, ds.num_classes, cfg.model).to(device)
 
 
 @dataclass
@@ -386,9 +378,10 @@ MAY_CHANGE = (
 
 
 def _comparable(cfg: RootConfig) -> dict[str, Any]:
-    """The parts of a config that must match for a resume to be the same run."""
+    """The parts of a config that must match for a resume to be the same run: all but
+    :data:`MAY_CHANGE` and the keys its plug-ins do not read (``strategy.rate`` of fedavg)."""
     d = asdict(cfg)
-    for key in MAY_CHANGE:
+    for key in (*MAY_CHANGE, *registry.unread_keys(d)):
         *parents, leaf = key.split(".")
         node = d
         for k in parents:
@@ -410,9 +403,10 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Dotted keys whose values differ, as ``key (run: x, asked: y)``, skipping
-    :data:`MAY_CHANGE` (so checkpoints that still hold those keys compare the same)."""
+    :data:`MAY_CHANGE` and unread keys (so checkpoints that still hold those keys compare the
+    same)."""
     a, b = flatten(old), flatten(new)
-    allowed = tuple(MAY_CHANGE)
+    allowed = (*MAY_CHANGE, *registry.unread_keys(old), *registry.unread_keys(new))
     out = []
     for key in sorted(a.keys() | b.keys()):
         if key in allowed or key.startswith(tuple(f"{k}." for k in allowed)):

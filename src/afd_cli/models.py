@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from . import registry
+from .config import ModelConfig
 
 
 @dataclass(frozen=True)
@@ -153,27 +157,29 @@ class CharLSTM(FLModel):
         return CharLSTM(self.vocab, units, self.embed_dim)
 
 
-def build(
-    name: str,
-    in_shape: tuple[int, ...],
-    num_classes: int,
-    *,
-    hidden: int = 200,
-    embed_dim: int = 8,
-    lstm_hidden: int = 256,
-    lstm_layers: int = 2,
-) -> FLModel:
-    """Build a full model of the zoo for a dataset's input shape and class count."""
-    if name == "cnn_mnist":
-        return CNN(in_shape, num_classes, {"conv1": 32, "conv2": 64, "fc1": 512})
-    if name == "cnn_femnist":
-        return CNN(in_shape, num_classes, {"conv1": 32, "conv2": 64, "fc1": 2048})
-    if name == "mlp":
-        return MLP(in_shape, num_classes, {"fc1": hidden, "fc2": hidden})
-    if name == "char_lstm":
-        units = {f"lstm{i + 1}": lstm_hidden for i in range(lstm_layers)}
-        return CharLSTM(num_classes, units, embed_dim)
-    raise ValueError(f"unknown model {name!r}")
+# One factory per ``model=`` option (registered in afd_cli.registry); ``opts`` carries the
+# model.* keys, whose defaults live in ModelConfig only.
+def cnn_mnist(in_shape: tuple[int, ...], num_classes: int, opts: ModelConfig) -> CNN:
+    return CNN(in_shape, num_classes, {"conv1": 32, "conv2": 64, "fc1": 512})
+
+
+def cnn_femnist(in_shape: tuple[int, ...], num_classes: int, opts: ModelConfig) -> CNN:
+    return CNN(in_shape, num_classes, {"conv1": 32, "conv2": 64, "fc1": 2048})
+
+
+def mlp(in_shape: tuple[int, ...], num_classes: int, opts: ModelConfig) -> MLP:
+    return MLP(in_shape, num_classes, {"fc1": opts.hidden, "fc2": opts.hidden})
+
+
+def char_lstm(in_shape: tuple[int, ...], num_classes: int, opts: ModelConfig) -> CharLSTM:
+    units = {f"lstm{i + 1}": opts.lstm_hidden for i in range(opts.lstm_layers)}
+    return CharLSTM(num_classes, units, opts.embed_dim)
+
+
+def build(name: str, in_shape: tuple[int, ...], num_classes: int, **opts: Any) -> FLModel:
+    """Build a full model of the zoo for a dataset's input shape and class count;
+    ``opts`` are model.* keys (``hidden``, ``lstm_hidden``, ...), the rest keep their defaults."""
+    return registry.load("model", name)(in_shape, num_classes, ModelConfig(name=name, **opts))
 
 
 def num_params(model: nn.Module) -> int:

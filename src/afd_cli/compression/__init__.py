@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .. import registry
 from .base import Compressor, Params, RoundContext, View
 from .codec import decode, decode_params, encode, encode_params, entropy_bound_bits
 from .dense import DenseCompressor
@@ -22,7 +23,7 @@ from .topk import TopKCompressor
 if TYPE_CHECKING:
     from afd_cli.config import CompressionConfig
 
-NAMES = ("none", "fp16", "q8", "topk", "dgc")
+NAMES = registry.names("compression")
 
 __all__ = [
     "NAMES",
@@ -53,12 +54,5 @@ def build(
     ``device``: the model's device. On a GPU the sparse compressors keep their upload state
     there and encode a round's clients batched (torch backend); on CPU they use numpy.
     """
-    if cfg.name == "none":
-        return DenseCompressor("none", "fp32", shapes)
-    if cfg.name in ("fp16", "q8"):
-        return DenseCompressor(cfg.name, cfg.name, shapes)
-    if cfg.name == "topk":
-        return TopKCompressor(cfg, shapes, device)
-    if cfg.name == "dgc":
-        return DGCCompressor(cfg, shapes, seed, device)
-    raise ValueError(f"compression.name={cfg.name!r}; choose one of: {', '.join(NAMES)}")
+    cls = registry.load("compression", cfg.name)
+    return cls.from_config(cfg, shapes=shapes, seed=seed, device=device)

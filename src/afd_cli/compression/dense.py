@@ -7,11 +7,16 @@ what a client really trains from, so the accuracy cost of the format shows up in
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import codec
 from .base import Params, RoundContext, View
 from .state import Shapes
+
+if TYPE_CHECKING:
+    import torch
+
+    from afd_cli.config import CompressionConfig
 
 
 class DenseCompressor:
@@ -31,6 +36,17 @@ class DenseCompressor:
         self._round = 0  # current round; drives warm-up of downloads before any upload
         self._sent = 0  # upload entries sent this round
         self._total = 0  # upload entries offered this round
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: CompressionConfig,
+        shapes: Shapes | None = None,
+        seed: int = 0,
+        device: torch.device | str | None = None,
+    ) -> DenseCompressor:
+        """``compression=none`` is fp32; fp16 and q8 are named after their format."""
+        return cls(cfg.name, "fp32" if cfg.name == "none" else cfg.name, shapes)
 
     # -- parameter order ------------------------------------------------------------------
     def _remember(self, params: Params) -> None:

@@ -53,6 +53,16 @@ class DGCCompressor(TopKCompressor):
         # examined: the selected sets are exact top-k either way
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
 
+    @classmethod
+    def from_config(
+        cls,
+        cfg: CompressionConfig,
+        shapes: Shapes | None = None,
+        seed: int = 0,
+        device: torch.device | str | None = None,
+    ) -> DGCCompressor:
+        return cls(cfg, shapes, seed, device)
+
     def sparsity_at(self, round: int) -> float:
         """Exponential warm-up, then the target sparsity."""
         return warmup_sparsity(round, self.cfg.sparsity, self.cfg.warmup_rounds)

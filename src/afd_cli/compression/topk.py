@@ -63,6 +63,16 @@ class TopKCompressor(DenseCompressor):
         self.up = ClientStore(self.buffers, shapes, device=self.device)
         self.down = SparseDownlink(cfg.values, cfg.dense_below, shapes) if cfg.downlink else None
 
+    @classmethod
+    def from_config(
+        cls,
+        cfg: CompressionConfig,
+        shapes: Shapes | None = None,
+        seed: int = 0,
+        device: torch.device | str | None = None,
+    ) -> TopKCompressor:
+        return cls(cfg, shapes, device)  # deterministic: no seed
+
     # -- hooks ----------------------------------------------------------------------------
     def sparsity_at(self, round: int) -> float:
         """Fraction of entries not sent in ``round`` (constant for plain top-k)."""

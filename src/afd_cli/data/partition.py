@@ -9,7 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-PARTITIONERS = ("iid", "dirichlet", "shards", "natural")
+from .. import registry
+from ..config import PartitionConfig as Defaults
+
 DIRICHLET_MAX_ATTEMPTS = 1000
 
 
@@ -115,11 +117,11 @@ def partition(
     num_clients: int,
     seed: int,
     *,
-    alpha: float = 0.5,
-    shards_per_client: int = 2,
+    alpha: float = Defaults.alpha,
+    shards_per_client: int = Defaults.shards_per_client,
     groups: np.ndarray | None = None,
-    min_samples: int = 1000,
-    max_samples: int | None = None,
+    min_samples: int = Defaults.min_samples,
+    max_samples: int | None = Defaults.max_samples,
     min_client_size: int = 1,
 ) -> list[np.ndarray]:
     """Dispatch to a partitioner by name; returns per-client sorted int64 train index arrays."""
@@ -140,7 +142,8 @@ def partition(
         if len(groups) != len(labels):
             raise ValueError(f"natural: {len(groups)} group ids for {len(labels)} samples")
         return natural(groups, num_clients, seed, min_samples, max_samples)
-    raise ValueError(f"unknown partition '{name}'; choose one of: {', '.join(PARTITIONERS)}")
+    valid = ", ".join(registry.names("partition"))
+    raise ValueError(f"partition={name!r} is not valid; choose one of: {valid}")
 
 
 def partition_table(parts: list[np.ndarray], labels: np.ndarray, num_classes: int) -> pd.DataFrame:

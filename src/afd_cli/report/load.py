@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..config import COMPRESSIONS, SPARSE_COMPRESSIONS
+from ..registry import GROUPS
 from .common import CORE_KEYS, IGNORED_KEYS, REQUIRED_COLUMNS, ReportError, Run
 
 
@@ -58,6 +58,19 @@ def _normalise_config(flat: dict[str, Any]) -> dict[str, Any]:
         if k in IGNORED_KEYS or k == "hydra" or k.startswith("hydra."):
             continue
         out[k] = v
+    return out
+
+
+def unread_keys(flat: dict[str, Any]) -> set[str]:
+    """Flattened keys (``strategy.rate``) the run's plug-ins do not read (see registry)."""
+    out = set()
+    for group, table in GROUPS.items():
+        plugin = table.get(str(flat.get(group)))
+        if plugin is not None and plugin.reads is not None:
+            prefix = f"{group}."
+            out |= {
+                k for k in flat if k.startswith(prefix) and k[len(prefix) :] not in plugin.reads
+            }
     return out
 
 
@@ -218,10 +231,9 @@ def load_runs(
             cfg_seed = None
         for k in CORE_KEYS:
             cfg.setdefault(k, "?")
-        name = str(cfg["compression"])
-        if name in COMPRESSIONS and name not in SPARSE_COMPRESSIONS:
-            # dense codecs read no compression.* option: a sparsity sweep must not split them
-            cfg = {k: v for k, v in cfg.items() if not k.startswith("compression.")}
+        # options a run's plug-ins do not read (compression.sparsity of a dense codec) must
+        # not split a sweep's groups
+        cfg = {k: v for k, v in cfg.items() if k not in unread_keys(cfg)}
         cfg.pop("seed", None)
         df = df.assign(seed=cfg_seed if cfg_seed is not None else str(run_dir.name))
         finished = (run_dir / "summary.json").exists()

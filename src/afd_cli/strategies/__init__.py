@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .. import registry
 from ..config import StrategyConfig
 from ..models import FLModel
 from .afd import MultiModelAFD, SingleModelAFD
@@ -9,26 +10,13 @@ from .base import Strategy
 from .fd import FederatedDropout
 from .fedavg import FedAvg
 
-NAMES = ("fedavg", "fd", "multi", "single")
+NAMES = registry.names("strategy")
 
 
 def build(cfg: StrategyConfig, model: FLModel, seed: int) -> Strategy:
-    """The strategy named by ``cfg.name``; ``rate == 0`` makes every one of them FedAvg."""
-    if cfg.name == "fedavg":
-        return FedAvg(model)
-    if cfg.name == "fd":
-        return FederatedDropout(model, cfg.rate, seed)
-    if cfg.name in ("multi", "single"):
-        cls = MultiModelAFD if cfg.name == "multi" else SingleModelAFD
-        return cls(
-            model,
-            cfg.rate,
-            seed,
-            score_init=cfg.score_init,
-            explore=cfg.explore,
-            score_update=cfg.score_update,
-        )
-    raise ValueError(f"strategy {cfg.name!r} is not valid; choose one of: {', '.join(NAMES)}")
+    """The strategy named by ``cfg.name`` (see :mod:`afd_cli.registry`); ``rate == 0`` makes
+    every one of them FedAvg."""
+    return registry.load("strategy", cfg.name).from_config(cfg, model, seed)
 
 
 __all__ = [

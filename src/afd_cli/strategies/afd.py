@@ -16,7 +16,7 @@ return the full model and keep no maps, i.e. they are FedAvg.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from ..models import FLModel
 from ..scoremap import ScoreMap
 from ..submodel import View
 from .fd import AFD_TAG, generator
+
+if TYPE_CHECKING:
+    from ..config import StrategyConfig
 
 
 class _AFD:
@@ -42,6 +45,17 @@ class _AFD:
         self.model, self.rate, self.seed = model, rate, seed
         self._opts = {"score_init": score_init, "explore": explore, "score_update": score_update}
         self._full = View(model)
+
+    @classmethod
+    def from_config(cls, cfg: StrategyConfig, model: FLModel, seed: int) -> _AFD:
+        return cls(
+            model,
+            cfg.rate,
+            seed,
+            score_init=cfg.score_init,
+            explore=cfg.explore,
+            score_update=cfg.score_update,
+        )
 
     def _new_map(self) -> ScoreMap:
         return ScoreMap(self.model.units, self.rate, **self._opts)

@@ -7,12 +7,17 @@ strategy holds no state and a resumed run draws exactly what the uninterrupted r
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
 from ..models import FLModel
 from ..submodel import View, random_keep
 from .base import Stateless
+
+if TYPE_CHECKING:
+    from ..config import StrategyConfig
 
 FD_TAG = 0xFD  # keeps these streams apart from the trainer's client_seed streams
 AFD_TAG = 0xAFD
@@ -30,6 +35,10 @@ class FederatedDropout(Stateless):
     def __init__(self, model: FLModel, rate: float, seed: int):
         self.model, self.rate, self.seed = model, rate, seed
         self._full = View(model)
+
+    @classmethod
+    def from_config(cls, cfg: StrategyConfig, model: FLModel, seed: int) -> FederatedDropout:
+        return cls(model, cfg.rate, seed)
 
     def select(self, round: int, clients: list[int]) -> list[View]:
         if self.rate == 0:
