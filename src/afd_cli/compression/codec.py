@@ -234,10 +234,10 @@ def _encode_record(out: bytearray, rec: Record) -> None:
         _put_varint(out, d)
     if isinstance(rec, Dense):
         x = _np32(rec.values)
-        if kind == Kind.DENSE32:
-            out += x.astype("<f4").tobytes()
+        if kind == Kind.DENSE32:  # straight from the tensor's memory: no intermediate copies
+            out += x.astype("<f4", copy=False).data
         elif kind == Kind.DENSE16:
-            out += x.astype("<f2").tobytes()
+            out += x.astype("<f2").data
         else:
             codes, lo, scale = quantize_q8(x)
             out += _F32x2.pack(lo, scale)

@@ -54,6 +54,11 @@ class MaskedMean:
         parts = [m[j : j + STACK] for m in groups.values() for j in range(0, len(m), STACK)]
         batches = [(ViewBatch([views[i] for i in m]), m) for m in parts]
         for batch, members in batches:
+            if batch.all_full:  # plain FedAvg sums: no stacked copy of the round's updates
+                for i in members:
+                    for k, u in updates[i].items():
+                        self.num[k].add_(u, alpha=float(weights[i]))
+                continue
             stacked = {k: torch.stack([updates[i][k] for i in members]) for k in updates[0]}
             batch.add_(self.num, stacked, [float(weights[i]) for i in members])
         if self.den is None and all(b.all_full for b, _ in batches):
