@@ -14,7 +14,13 @@ import pytest
 import torch
 
 from afd_cli import cli, experiment
-from afd_cli.config import COMPRESSIONS, SPARSE_COMPRESSIONS, STRATEGIES, validate
+from afd_cli.config import (
+    COMPRESSIONS,
+    DOWNLINK_COMPRESSIONS,
+    SPARSE_COMPRESSIONS,
+    STRATEGIES,
+    validate,
+)
 from afd_cli.metrics import TIMING_COLUMNS
 
 SMALL = [
@@ -28,12 +34,15 @@ SMALL = [
     "progress=none",
     "compression.warmup_rounds=1",
     "compression.sparsity=0.9",
+    "compression.bits=4",
+    "compression.subsample=0.5",
+    "compression.block=256",
 ]
 COMBOS = [
     (strategy, compression, downlink)
     for strategy in STRATEGIES
     for compression in COMPRESSIONS
-    for downlink in ((False, True) if compression in SPARSE_COMPRESSIONS else (False,))
+    for downlink in ((False, True) if compression in DOWNLINK_COMPRESSIONS else (False,))
 ]
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible")
 

@@ -18,8 +18,10 @@ DATASETS = ("mnist", "fashion_mnist", "mnist5k", "digits", "shakespeare")
 PARTITIONS = ("iid", "dirichlet", "shards", "natural")
 MODELS = ("cnn_mnist", "cnn_femnist", "mlp", "char_lstm")
 STRATEGIES = ("fedavg", "fd", "multi", "single")
-COMPRESSIONS = ("none", "fp16", "q8", "topk", "dgc")
-SPARSE_COMPRESSIONS = ("topk", "dgc")  # the only ones that read compression.* options
+COMPRESSIONS = ("none", "fp16", "q8", "topk", "dgc", "hadamard")
+SPARSE_COMPRESSIONS = ("topk", "dgc")  # downlink deltas against per-client copies
+DOWNLINK_COMPRESSIONS = (*SPARSE_COMPRESSIONS, "hadamard")  # may compress the download too
+DENSE_COMPRESSIONS = ("none", "fp16", "q8")  # read no compression.* option
 DEVICES = ("auto", "cpu", "cuda")
 TRAINERS = ("auto", "sequential", "batched")
 PRECISIONS = ("fp32", "bf16")
@@ -100,6 +102,12 @@ class CompressionConfig:
     sample_ratio: float = 0.01  # dgc: fraction of entries sampled to estimate the threshold
     dense_below: int = 1024  # tensors with fewer entries go dense (biases)
     downlink: bool = False  # also compress server -> client (sparse diff vs client's copy)
+    # hadamard (Caldas et al. 2018): randomised Hadamard rotation per block, subsampling of
+    # the upload, unbiased stochastic quantisation
+    bits: int = 8  # bits per rotated coordinate, 1..8
+    bits_down: int | None = None  # bits of the downlink (downlink=true); null = bits
+    subsample: float = 1.0  # fraction of rotated upload coordinates sent, in (0, 1]
+    block: int = 4096  # rotation and quantisation block (a power of two)
 
 
 @dataclass
@@ -246,13 +254,27 @@ def validate(cfg: DictConfig) -> RootConfig:
         0 < z.sample_ratio <= 1, "compression.sample_ratio", z.sample_ratio, "a number in (0, 1]"
     )
     _check(z.dense_below >= 0, "compression.dense_below", z.dense_below, "an integer >= 0")
-    if z.downlink and z.name not in SPARSE_COMPRESSIONS:
+    if z.downlink and z.name not in DOWNLINK_COMPRESSIONS:
         # dense codecs already use one format both ways; silently ignoring the flag would
         # leave a researcher believing the download was sparsified
         raise ConfigError(
             f"compression.downlink=true needs a sparse compressor, not compression={z.name!r}; "
-            f"choose one of: {', '.join(SPARSE_COMPRESSIONS)}"
+            f"choose one of: {', '.join(DOWNLINK_COMPRESSIONS)}"
         )
+    _check(1 <= z.bits <= 8, "compression.bits", z.bits, "an integer in [1, 8]")
+    _check(
+        z.bits_down is None or 1 <= z.bits_down <= 8,
+        "compression.bits_down",
+        z.bits_down,
+        "null or an integer in [1, 8]",
+    )
+    _check(0 < z.subsample <= 1, "compression.subsample", z.subsample, "a number in (0, 1]")
+    _check(
+        z.block >= 2 and z.block & (z.block - 1) == 0 and z.block <= 2**16,
+        "compression.block",
+        z.block,
+        "a power of two in [2, 65536]",
+    )
     _check(c.threads is None or c.threads >= 1, "threads", c.threads, "null or an integer >= 1")
     _check(
         c.trainer.chunk is None or c.trainer.chunk >= 1,

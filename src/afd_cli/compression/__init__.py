@@ -16,19 +16,21 @@ from .base import Compressor, Params, RoundContext, View
 from .codec import decode, decode_params, encode, encode_params, entropy_bound_bits
 from .dense import DenseCompressor
 from .dgc import DGCCompressor
+from .lossy import HadamardCompressor
 from .state import Shapes
 from .topk import TopKCompressor
 
 if TYPE_CHECKING:
     from afd_cli.config import CompressionConfig
 
-NAMES = ("none", "fp16", "q8", "topk", "dgc")
+NAMES = ("none", "fp16", "q8", "topk", "dgc", "hadamard")
 
 __all__ = [
     "NAMES",
     "Compressor",
     "DGCCompressor",
     "DenseCompressor",
+    "HadamardCompressor",
     "Params",
     "RoundContext",
     "TopKCompressor",
@@ -48,17 +50,24 @@ def build(
     seed: int = 0,
     device: torch.device | str | None = None,
 ) -> Compressor:
-    """The compressor named by ``cfg.name``; ``seed`` drives DGC's threshold sampling.
+    """The compressor named by ``cfg.name``; ``seed`` drives DGC's threshold sampling and the
+    hadamard codec's per-message seeds.
 
     ``device``: the model's device. On a GPU the sparse compressors keep their upload state
-    there and encode a round's clients batched (torch backend); on CPU they use numpy.
+    there and encode a round's clients batched (torch backend); on CPU they use numpy. The
+    hadamard codec encodes and decodes on ``device``.
     """
+    comp: Compressor
     if cfg.name == "none":
-        return DenseCompressor("none", "fp32", shapes)
-    if cfg.name in ("fp16", "q8"):
-        return DenseCompressor(cfg.name, cfg.name, shapes)
-    if cfg.name == "topk":
-        return TopKCompressor(cfg, shapes, device)
-    if cfg.name == "dgc":
-        return DGCCompressor(cfg, shapes, seed, device)
-    raise ValueError(f"compression.name={cfg.name!r}; choose one of: {', '.join(NAMES)}")
+        comp = DenseCompressor("none", "fp32", shapes)
+    elif cfg.name in ("fp16", "q8"):
+        comp = DenseCompressor(cfg.name, cfg.name, shapes)
+    elif cfg.name == "topk":
+        comp = TopKCompressor(cfg, shapes, device)
+    elif cfg.name == "dgc":
+        comp = DGCCompressor(cfg, shapes, seed, device)
+    elif cfg.name == "hadamard":
+        comp = HadamardCompressor(cfg, shapes, seed, device)
+    else:
+        raise ValueError(f"compression.name={cfg.name!r}; choose one of: {', '.join(NAMES)}")
+    return comp

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..config import COMPRESSIONS, SPARSE_COMPRESSIONS
+from ..config import DENSE_COMPRESSIONS
 from .common import CORE_KEYS, IGNORED_KEYS, REQUIRED_COLUMNS, ReportError, Run
 
 
@@ -219,7 +219,7 @@ def load_runs(
         for k in CORE_KEYS:
             cfg.setdefault(k, "?")
         name = str(cfg["compression"])
-        if name in COMPRESSIONS and name not in SPARSE_COMPRESSIONS:
+        if name in DENSE_COMPRESSIONS:
             # dense codecs read no compression.* option: a sparsity sweep must not split them
             cfg = {k: v for k, v in cfg.items() if not k.startswith("compression.")}
         cfg.pop("seed", None)
