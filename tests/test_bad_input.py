@@ -97,6 +97,16 @@ CASES: list[tuple[str, list[str], str]] = [
         "compression.block=1000 is out of range; expected a power of two",
     ),
     (
+        "first-copy-fp8",
+        [RUN, "compression.first_copy=fp8"],
+        "compression.first_copy='fp8' is not valid; choose one of: fp32, fp16, q8",
+    ),
+    (
+        "first-copy-without-downlink",
+        [RUN, "compression=dgc", "compression.first_copy=q8"],
+        "compression.first_copy=q8 needs compression.downlink=true with a sparse compressor",
+    ),
+    (
         "downlink-dense",
         [RUN, "compression=q8", "compression.downlink=true"],
         "compression.downlink=true needs a sparse compressor, not compression='q8'",

@@ -44,6 +44,8 @@ COMBOS = [
     for compression in COMPRESSIONS
     for downlink in ((False, True) if compression in DOWNLINK_COMPRESSIONS else (False,))
 ]
+# options layered on a combination: q8 first copies
+EXTRAS = [(strategy, "dgc", True, ("compression.first_copy=q8",)) for strategy in STRATEGIES]
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible")
 
 
@@ -78,6 +80,12 @@ def test_every_combination_runs_on_cpu(tmp_path, combo):
     df, summary = run(tmp_path, combo, "device=cpu")
     check(df, summary)
     assert summary["device"] == "cpu"
+
+
+@pytest.mark.parametrize("extra", EXTRAS, ids=lambda e: f"{_ids(e[:3])}-{'-'.join(e[3])}")
+def test_layered_options_run_on_cpu(tmp_path, extra):
+    df, summary = run(tmp_path, extra[:3], "device=cpu", *extra[3])
+    check(df, summary)
 
 
 @cuda

@@ -22,6 +22,7 @@ COMPRESSIONS = ("none", "fp16", "q8", "topk", "dgc", "hadamard")
 SPARSE_COMPRESSIONS = ("topk", "dgc")  # downlink deltas against per-client copies
 DOWNLINK_COMPRESSIONS = (*SPARSE_COMPRESSIONS, "hadamard")  # may compress the download too
 DENSE_COMPRESSIONS = ("none", "fp16", "q8")  # read no compression.* option
+VALUE_FORMATS = ("fp32", "fp16", "q8")
 DEVICES = ("auto", "cpu", "cuda")
 TRAINERS = ("auto", "sequential", "batched")
 PRECISIONS = ("fp32", "bf16")
@@ -102,6 +103,9 @@ class CompressionConfig:
     sample_ratio: float = 0.01  # dgc: fraction of entries sampled to estimate the threshold
     dense_below: int = 1024  # tensors with fewer entries go dense (biases)
     downlink: bool = False  # also compress server -> client (sparse diff vs client's copy)
+    # topk/dgc with downlink: dense downlink records (first copies, small tensors) in
+    # fp32 | fp16 | q8; the client's copy holds what it decoded (fp32: small ones in `values`)
+    first_copy: str = "fp32"
     # hadamard (Caldas et al. 2018): randomised Hadamard rotation per block, subsampling of
     # the upload, unbiased stochastic quantisation
     bits: int = 8  # bits per rotated coordinate, 1..8
@@ -179,6 +183,7 @@ def validate(cfg: DictConfig) -> RootConfig:
     _choice("progress", c.progress, ("auto", "rich", "plain", "none"))
     _choice("on_nonfinite", c.on_nonfinite, ON_NONFINITE)
     _choice("compression.values", c.compression.values, ("fp32", "fp16"))
+    _choice("compression.first_copy", c.compression.first_copy, VALUE_FORMATS)
     _choice("strategy.score_update", c.strategy.score_update, ("relative", "absolute"))
 
     s = c.schedule
@@ -260,6 +265,12 @@ def validate(cfg: DictConfig) -> RootConfig:
         raise ConfigError(
             f"compression.downlink=true needs a sparse compressor, not compression={z.name!r}; "
             f"choose one of: {', '.join(DOWNLINK_COMPRESSIONS)}"
+        )
+    if z.first_copy != "fp32" and not (z.downlink and z.name in SPARSE_COMPRESSIONS):
+        raise ConfigError(
+            f"compression.first_copy={z.first_copy} needs compression.downlink=true with a "
+            f"sparse compressor, not compression={z.name!r}; choose one of: "
+            f"{', '.join(SPARSE_COMPRESSIONS)}"
         )
     _check(1 <= z.bits <= 8, "compression.bits", z.bits, "an integer in [1, 8]")
     _check(
