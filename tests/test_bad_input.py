@@ -107,6 +107,12 @@ CASES: list[tuple[str, list[str], str]] = [
         "compression.first_copy=q8 needs compression.downlink=true with a sparse compressor",
     ),
     (
+        "server-momentum-one",
+        [RUN, "compression.server_momentum=1"],
+        "compression.server_momentum=1.0 is out of range; expected a number in [0, 1)",
+    ),
+    ("server-lr-zero", [RUN, "compression.server_lr=0"], "compression.server_lr=0.0 is out of"),
+    (
         "downlink-dense",
         [RUN, "compression=q8", "compression.downlink=true"],
         "compression.downlink=true needs a sparse compressor, not compression='q8'",

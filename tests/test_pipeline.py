@@ -44,8 +44,15 @@ COMBOS = [
     for compression in COMPRESSIONS
     for downlink in ((False, True) if compression in DOWNLINK_COMPRESSIONS else (False,))
 ]
-# options layered on a combination: q8 first copies
-EXTRAS = [(strategy, "dgc", True, ("compression.first_copy=q8",)) for strategy in STRATEGIES]
+# options layered on a combination: q8 first copies, DGC's rare-participation remedy
+EXTRAS = [
+    (strategy, "dgc", True, opts)
+    for strategy in STRATEGIES
+    for opts in (
+        ("compression.first_copy=q8",),
+        ("compression.momentum_correction=false", "compression.server_momentum=0.9"),
+    )
+]
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible")
 
 
@@ -83,7 +90,7 @@ def test_every_combination_runs_on_cpu(tmp_path, combo):
 
 
 @pytest.mark.parametrize("extra", EXTRAS, ids=lambda e: f"{_ids(e[:3])}-{'-'.join(e[3])}")
-def test_layered_options_run_on_cpu(tmp_path, extra):
+def test_first_copy_and_server_momentum_run_on_cpu(tmp_path, extra):
     df, summary = run(tmp_path, extra[:3], "device=cpu", *extra[3])
     check(df, summary)
 

@@ -21,7 +21,7 @@ STRATEGIES = ("fedavg", "fd", "multi", "single")
 COMPRESSIONS = ("none", "fp16", "q8", "topk", "dgc", "hadamard")
 SPARSE_COMPRESSIONS = ("topk", "dgc")  # downlink deltas against per-client copies
 DOWNLINK_COMPRESSIONS = (*SPARSE_COMPRESSIONS, "hadamard")  # may compress the download too
-DENSE_COMPRESSIONS = ("none", "fp16", "q8")  # read no compression.* option
+DENSE_COMPRESSIONS = ("none", "fp16", "q8")  # read no compression.* option but server_*
 VALUE_FORMATS = ("fp32", "fp16", "q8")
 DEVICES = ("auto", "cpu", "cuda")
 TRAINERS = ("auto", "sequential", "batched")
@@ -112,6 +112,9 @@ class CompressionConfig:
     bits_down: int | None = None  # bits of the downlink (downlink=true); null = bits
     subsample: float = 1.0  # fraction of rotated upload coordinates sent, in (0, 1]
     block: int = 4096  # rotation and quantisation block (a power of two)
+    # server momentum on the aggregate (FetchSGD / FedAvgM): m = b*m + mean; w += lr * m
+    server_momentum: float = 0.0  # b; 0 = off (plain FedAvg aggregation)
+    server_lr: float = 1.0
 
 
 @dataclass
@@ -286,6 +289,13 @@ def validate(cfg: DictConfig) -> RootConfig:
         z.block,
         "a power of two in [2, 65536]",
     )
+    _check(
+        0 <= z.server_momentum < 1,
+        "compression.server_momentum",
+        z.server_momentum,
+        "a number in [0, 1)",
+    )
+    _check(z.server_lr > 0, "compression.server_lr", z.server_lr, "a number > 0")
     _check(c.threads is None or c.threads >= 1, "threads", c.threads, "null or an integer >= 1")
     _check(
         c.trainer.chunk is None or c.trainer.chunk >= 1,

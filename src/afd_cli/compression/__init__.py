@@ -17,6 +17,7 @@ from .codec import decode, decode_params, encode, encode_params, entropy_bound_b
 from .dense import DenseCompressor
 from .dgc import DGCCompressor
 from .lossy import HadamardCompressor
+from .server import ServerMomentum
 from .state import Shapes
 from .topk import TopKCompressor
 
@@ -33,6 +34,7 @@ __all__ = [
     "HadamardCompressor",
     "Params",
     "RoundContext",
+    "ServerMomentum",
     "TopKCompressor",
     "View",
     "build",
@@ -51,7 +53,8 @@ def build(
     device: torch.device | str | None = None,
 ) -> Compressor:
     """The compressor named by ``cfg.name``; ``seed`` drives DGC's threshold sampling and the
-    hadamard codec's per-message seeds.
+    hadamard codec's per-message seeds. ``compression.server_momentum > 0`` wraps it in
+    :class:`ServerMomentum` (momentum on the aggregate).
 
     ``device``: the model's device. On a GPU the sparse compressors keep their upload state
     there and encode a round's clients batched (torch backend); on CPU they use numpy. The
@@ -70,4 +73,6 @@ def build(
         comp = HadamardCompressor(cfg, shapes, seed, device)
     else:
         raise ValueError(f"compression.name={cfg.name!r}; choose one of: {', '.join(NAMES)}")
+    if cfg.server_momentum > 0:
+        return ServerMomentum(comp, cfg.server_momentum, cfg.server_lr)  # type: ignore[return-value]
     return comp

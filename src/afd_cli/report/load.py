@@ -220,8 +220,13 @@ def load_runs(
             cfg.setdefault(k, "?")
         name = str(cfg["compression"])
         if name in DENSE_COMPRESSIONS:
-            # dense codecs read no compression.* option: a sparsity sweep must not split them
-            cfg = {k: v for k, v in cfg.items() if not k.startswith("compression.")}
+            # dense codecs read no compression.* option but the server's: a sparsity sweep
+            # must not split them
+            cfg = {
+                k: v
+                for k, v in cfg.items()
+                if not k.startswith("compression.") or k.startswith("compression.server_")
+            }
         cfg.pop("seed", None)
         df = df.assign(seed=cfg_seed if cfg_seed is not None else str(run_dir.name))
         finished = (run_dir / "summary.json").exists()
