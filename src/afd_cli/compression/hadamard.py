@@ -77,11 +77,23 @@ def hash32(seed: int, stream: int, n: int, device: torch.device | str = "cpu") -
     return _mix32(_mix32(h) ^ k2)
 
 
+def _sign_bits(seed: int, n: int, device: torch.device | str) -> torch.Tensor:
+    """int32 with only the sign bit set where ``D`` is -1: bit j of hash word w is entry 32w+j."""
+    h = hash32(seed, SIGNS, -(-n // 32), device)
+    h = (h - ((h >> 31) << 32)).to(torch.int32)  # the same 32 bits as int32
+    shifts = torch.arange(32, dtype=torch.int32, device=h.device)
+    return (((h[:, None] >> shifts) & 1) << 31).reshape(-1)[:n]
+
+
 def signs(seed: int, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """``n`` random signs (+-1.0, fp32): the diagonal ``D`` of the rotation (32 per hash)."""
-    h = hash32(seed, SIGNS, -(-n // 32), device)
-    bit = (h[:, None] & (1 << torch.arange(32, device=h.device))) != 0
-    return torch.where(bit.reshape(-1)[:n], -1.0, 1.0)
+    return flip_signs(torch.ones(n, device=device), seed)
+
+
+def flip_signs(x: torch.Tensor, seed: int) -> torch.Tensor:
+    """``D x`` for a flat fp32 ``x``: XOR of the sign bits, exact and one pass."""
+    bits = _sign_bits(seed, x.numel(), x.device)
+    return (x.contiguous().view(torch.int32) ^ bits).view(torch.float32)
 
 
 def keep_threshold(fraction: float) -> int:
@@ -182,7 +194,7 @@ def _blockwise(z: torch.Tensor, n: int, block: int) -> torch.Tensor:
 def rotate(x: torch.Tensor, seed: int, block: int) -> torch.Tensor:
     """``HD x`` blockwise for a flat fp32 ``x``; length :func:`rotated_size`."""
     n = x.numel()
-    return _blockwise(x * signs(seed, n, x.device), n, block)
+    return _blockwise(flip_signs(x, seed), n, block)
 
 
 def unrotate(y: torch.Tensor, seed: int, n: int, block: int) -> torch.Tensor:
@@ -195,7 +207,7 @@ def unrotate(y: torch.Tensor, seed: int, n: int, block: int) -> torch.Tensor:
         tail = _pow2_at_least(r)
         t = fwht(y[full * block : full * block + tail].reshape(1, tail)).reshape(-1)[:r]
         z = torch.cat((z, t)) if full else t
-    return z * signs(seed, n, y.device)
+    return flip_signs(z, seed)
 
 
 # --------------------------------------------------------------------------- quantisation
@@ -239,10 +251,19 @@ def dequantize(
 
 
 def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """uint8 codes (< 2^bits) -> ``ceil(m * bits / 8)`` bytes, MSB first (vectorised)."""
+    """uint8 codes (< 2^bits) -> ``ceil(m * bits / 8)`` bytes, MSB first (vectorised).
+
+    For 1, 2 and 4 bits ``8 / bits`` codes share a byte (shift and add); other widths go
+    through bit planes.
+    """
     if bits == 8:
         return codes.to(torch.uint8)
     dev = codes.device
+    if 8 % bits == 0:
+        per = 8 // bits
+        c = F.pad(codes.to(torch.uint8), (0, -codes.numel() % per)).reshape(-1, per)
+        shifts = torch.arange(per - 1, -1, -1, dtype=torch.uint8, device=dev) * bits
+        return (c << shifts).sum(dim=1, dtype=torch.uint8)
     shifts = torch.arange(bits - 1, -1, -1, dtype=torch.uint8, device=dev)
     planes = ((codes.reshape(-1, 1) >> shifts) & 1).reshape(-1)
     planes = F.pad(planes, (0, -planes.numel() % 8))
@@ -255,6 +276,10 @@ def unpack(packed: torch.Tensor, bits: int, m: int) -> torch.Tensor:
     if bits == 8:
         return packed[:m].to(torch.uint8)
     dev = packed.device
+    if 8 % bits == 0:
+        per = 8 // bits
+        shifts = torch.arange(per - 1, -1, -1, dtype=torch.uint8, device=dev) * bits
+        return ((packed.reshape(-1, 1) >> shifts) & (2**bits - 1)).reshape(-1)[:m]
     shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=dev)
     planes = ((packed.reshape(-1, 1) >> shifts) & 1).reshape(-1)[: m * bits]
     weights = torch.tensor([1 << k for k in range(bits - 1, -1, -1)], dtype=torch.uint8)
