@@ -78,6 +78,41 @@ CASES: list[tuple[str, list[str], str]] = [
     ("warmup-neg", [RUN, "compression.warmup_rounds=-1"], "compression.warmup_rounds=-1 is"),
     ("values-int8", [RUN, "compression.values=int8"], "compression.values='int8' is not valid"),
     (
+        "bits-nine",
+        [RUN, "compression=hadamard", "compression.bits=9"],
+        "compression.bits=9 is out of range; expected an integer in [1, 8]",
+    ),
+    ("bits-zero", [RUN, "compression.bits=0"], "compression.bits=0 is out of range"),
+    ("bits-fraction", [RUN, "compression.bits=2.5"], "compression.bits"),
+    ("bits-down-nine", [RUN, "compression.bits_down=9"], "compression.bits_down=9 is out of"),
+    (
+        "subsample-zero",
+        [RUN, "compression=hadamard", "compression.subsample=0"],
+        "compression.subsample=0.0 is out of range; expected a number in (0, 1]",
+    ),
+    ("subsample-big", [RUN, "compression.subsample=1.5"], "compression.subsample=1.5 is out"),
+    (
+        "block-not-power-of-two",
+        [RUN, "compression=hadamard", "compression.block=1000"],
+        "compression.block=1000 is out of range; expected a power of two",
+    ),
+    (
+        "first-copy-fp8",
+        [RUN, "compression.first_copy=fp8"],
+        "compression.first_copy='fp8' is not valid; choose one of: fp32, fp16, q8",
+    ),
+    (
+        "first-copy-without-downlink",
+        [RUN, "compression=dgc", "compression.first_copy=q8"],
+        "compression.first_copy=q8 needs compression.downlink=true with a sparse compressor",
+    ),
+    (
+        "server-momentum-one",
+        [RUN, "compression.server_momentum=1"],
+        "compression.server_momentum=1.0 is out of range; expected a number in [0, 1)",
+    ),
+    ("server-lr-zero", [RUN, "compression.server_lr=0"], "compression.server_lr=0.0 is out of"),
+    (
         "downlink-dense",
         [RUN, "compression=q8", "compression.downlink=true"],
         "compression.downlink=true needs a sparse compressor, not compression='q8'",

@@ -222,3 +222,74 @@ def test_cnn_mnist_dgc_upload_vs_dense() -> None:
         f"sparsity {dgc.end_round()['sparsity']:.5f}, position bound {bound / 8:.0f} B"
     )
     assert len(payload) * 200 <= dense_bytes
+
+
+class Client:
+    """A client decoding downlink payloads on its own, from the wire alone: what it holds is
+    what it was sent (first copies and dense diffs as decoded, sparse diffs added)."""
+
+    def __init__(self, full_shapes: dict[str, tuple[int, ...]]):
+        self.full = {n: torch.full(s, math.nan) for n, s in full_shapes.items()}
+
+    def receive(self, payload: bytes, view) -> Params:
+        have = view.extract(self.full)
+        out = {}
+        for (name, old), rec in zip(have.items(), codec.decode(payload), strict=True):
+            if isinstance(rec, codec.Dense) and bool(torch.isnan(old).all()):
+                new = rec.values.reshape(old.shape).clone()
+            else:
+                new = torch.nan_to_num(old, nan=0.0)
+                if isinstance(rec, codec.Dense):
+                    new += rec.values.reshape(old.shape)
+                else:
+                    new.view(-1)[rec.indices] += rec.values
+            out[name] = new
+        view.scatter_(self.full, out)
+        return out
+
+
+@pytest.mark.parametrize("name", ["topk", "dgc"])
+@pytest.mark.parametrize(("fmt", "width"), [("fp32", 4), ("fp16", 2), ("q8", 1)])
+def test_first_copy_format_and_server_copy_equals_what_the_client_decoded(
+    name: str, fmt: str, width: int
+) -> None:
+    """A compressed first copy shrinks by the value width; over rounds of moving weights and
+    changing sub-models the server's copy is bit for bit what an independent client decoded,
+    and the rounding of the first copy is sent later like any residual."""
+    comp = build(_cfg(name, downlink=True, sparsity=0.9, first_copy=fmt), shapes=SHAPES)
+    client = Client(SHAPES)
+    full = _params(0)
+    views = [Rows(list(range(64))), Rows([0, 1, 2, 10, 11, 40]), Rows([1, 2, 30, 31, 63])]
+    first = comp.encode_down(7, views[0].extract(full), views[0])
+    # header, two records of tag + dims (3 + 2 bytes), the values, q8's lo + scale per record
+    n_values = 64 * 40 + 64
+    assert len(first) == 8 + 3 + 2 + n_values * width + (2 * 8 if fmt == "q8" else 0)
+    if fmt == "fp32":
+        assert len(first) == len(codec.encode_params(views[0].extract(full)))
+    payload, view = first, views[0]
+    for r in range(1, 31):
+        got = comp.decode_down(7, payload, view)  # each payload decoded once, in order
+        mine = client.receive(payload, view)
+        server = comp.down.copies.extract(7, view)["w"]  # type: ignore[attr-defined]
+        for n in got:
+            assert torch.equal(got[n], mine[n])
+            assert torch.equal(server[n], mine[n])
+        if r < 4:
+            full = {n: t + 0.01 * r * torch.randn_like(t) for n, t in full.items()}
+        view = views[r % 3]
+        payload = comp.encode_down(7, view.extract(full), view)
+    # the first copy's rounding was residual and went out later: the client caught up
+    assert view is views[0]
+    got = comp.decode_down(7, payload, view)
+    torch.testing.assert_close(got["w"], full["w"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(got["b"], full["b"], rtol=0, atol=1e-5)
+
+
+def test_first_copy_q8_quarters_cnn_mnist_first_download() -> None:
+    w = _params(0, CNN_MNIST, 0.05)
+    fp32 = build(_cfg("dgc", downlink=True, dense_below=1024)).encode_down(0, w, ID)
+    q8 = build(_cfg("dgc", downlink=True, dense_below=1024, first_copy="q8")).encode_down(0, w, ID)
+    fp16 = build(_cfg("dgc", downlink=True, first_copy="fp16")).encode_down(0, w, ID)
+    print(f"\ncnn_mnist first copy: fp32 {len(fp32)} B, fp16 {len(fp16)} B, q8 {len(q8)} B")
+    assert len(fp32) == len(codec.encode_params(w))
+    assert len(fp16) < len(fp32) / 2 + 100 and len(q8) < len(fp32) / 4 + 100

@@ -16,7 +16,12 @@ import torch
 from afd_cli import cli, experiment
 from afd_cli.config import validate
 from afd_cli.metrics import TIMING_COLUMNS
-from afd_cli.registry import COMPRESSIONS, SPARSE_COMPRESSIONS, STRATEGIES
+from afd_cli.registry import (
+    COMPRESSIONS,
+    DOWNLINK_COMPRESSIONS,
+    SPARSE_COMPRESSIONS,
+    STRATEGIES,
+)
 
 SMALL = [
     "dataset=digits",
@@ -29,12 +34,24 @@ SMALL = [
     "progress=none",
     "compression.warmup_rounds=1",
     "compression.sparsity=0.9",
+    "compression.bits=4",
+    "compression.subsample=0.5",
+    "compression.block=256",
 ]
 COMBOS = [
     (strategy, compression, downlink)
     for strategy in STRATEGIES
     for compression in COMPRESSIONS
-    for downlink in ((False, True) if compression in SPARSE_COMPRESSIONS else (False,))
+    for downlink in ((False, True) if compression in DOWNLINK_COMPRESSIONS else (False,))
+]
+# options layered on a combination: q8 first copies, DGC's rare-participation remedy
+EXTRAS = [
+    (strategy, "dgc", True, opts)
+    for strategy in STRATEGIES
+    for opts in (
+        ("compression.first_copy=q8",),
+        ("compression.momentum_correction=false", "compression.server_momentum=0.9"),
+    )
 ]
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible")
 
@@ -70,6 +87,12 @@ def test_every_combination_runs_on_cpu(tmp_path, combo):
     df, summary = run(tmp_path, combo, "device=cpu")
     check(df, summary)
     assert summary["device"] == "cpu"
+
+
+@pytest.mark.parametrize("extra", EXTRAS, ids=lambda e: f"{_ids(e[:3])}-{'-'.join(e[3])}")
+def test_first_copy_and_server_momentum_run_on_cpu(tmp_path, extra):
+    df, summary = run(tmp_path, extra[:3], "device=cpu", *extra[3])
+    check(df, summary)
 
 
 @cuda

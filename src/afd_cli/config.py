@@ -18,6 +18,7 @@ from . import registry
 
 # The plug-in groups' names (strategy, compression, model, dataset, partition) live in
 # afd_cli.registry; these are the choices of the other options.
+VALUE_FORMATS = ("fp32", "fp16", "q8")
 DEVICES = ("auto", "cpu", "cuda")
 TRAINERS = ("auto", "sequential", "batched")
 PRECISIONS = ("fp32", "bf16")
@@ -103,6 +104,18 @@ class CompressionConfig:
     sample_ratio: float = 0.01  # dgc: fraction of entries sampled to estimate the threshold
     dense_below: int = 1024  # tensors with fewer entries go dense (biases)
     downlink: bool = False  # also compress server -> client (sparse diff vs client's copy)
+    # topk/dgc with downlink: dense downlink records (first copies, small tensors) in
+    # fp32 | fp16 | q8; the client's copy holds what it decoded (fp32: small ones in `values`)
+    first_copy: str = "fp32"
+    # hadamard (Caldas et al. 2018): randomised Hadamard rotation per block, subsampling of
+    # the upload, unbiased stochastic quantisation
+    bits: int = 8  # bits per rotated coordinate, 1..8
+    bits_down: int | None = None  # bits of the downlink (downlink=true); null = bits
+    subsample: float = 1.0  # fraction of rotated upload coordinates sent, in (0, 1]
+    block: int = 4096  # rotation and quantisation block (a power of two)
+    # server momentum on the aggregate (FetchSGD / FedAvgM): m = b*m + mean; w += lr * m
+    server_momentum: float = 0.0  # b; 0 = off (plain FedAvg aggregation)
+    server_lr: float = 1.0
 
 
 @dataclass
@@ -174,6 +187,7 @@ def validate(cfg: DictConfig) -> RootConfig:
     _choice("progress", c.progress, ("auto", "rich", "plain", "none"))
     _choice("on_nonfinite", c.on_nonfinite, ON_NONFINITE)
     _choice("compression.values", c.compression.values, ("fp32", "fp16"))
+    _choice("compression.first_copy", c.compression.first_copy, VALUE_FORMATS)
     _choice("strategy.score_update", c.strategy.score_update, ("relative", "absolute"))
 
     s = c.schedule
@@ -249,14 +263,42 @@ def validate(cfg: DictConfig) -> RootConfig:
         0 < z.sample_ratio <= 1, "compression.sample_ratio", z.sample_ratio, "a number in (0, 1]"
     )
     _check(z.dense_below >= 0, "compression.dense_below", z.dense_below, "an integer >= 0")
-    sparse = registry.SPARSE_COMPRESSIONS
-    if z.downlink and z.name not in sparse:
+    downlink = registry.DOWNLINK_COMPRESSIONS
+    if z.downlink and z.name not in downlink:
         # dense codecs already use one format both ways; silently ignoring the flag would
         # leave a researcher believing the download was sparsified
         raise ConfigError(
             f"compression.downlink=true needs a sparse compressor, not compression={z.name!r}; "
-            f"choose one of: {', '.join(sparse)}"
+            f"choose one of: {', '.join(downlink)}"
         )
+    sparse = registry.SPARSE_COMPRESSIONS
+    if z.first_copy != "fp32" and not (z.downlink and z.name in sparse):
+        raise ConfigError(
+            f"compression.first_copy={z.first_copy} needs compression.downlink=true with a "
+            f"sparse compressor, not compression={z.name!r}; choose one of: "
+            f"{', '.join(sparse)}"
+        )
+    _check(1 <= z.bits <= 8, "compression.bits", z.bits, "an integer in [1, 8]")
+    _check(
+        z.bits_down is None or 1 <= z.bits_down <= 8,
+        "compression.bits_down",
+        z.bits_down,
+        "null or an integer in [1, 8]",
+    )
+    _check(0 < z.subsample <= 1, "compression.subsample", z.subsample, "a number in (0, 1]")
+    _check(
+        z.block >= 2 and z.block & (z.block - 1) == 0 and z.block <= 2**16,
+        "compression.block",
+        z.block,
+        "a power of two in [2, 65536]",
+    )
+    _check(
+        0 <= z.server_momentum < 1,
+        "compression.server_momentum",
+        z.server_momentum,
+        "a number in [0, 1)",
+    )
+    _check(z.server_lr > 0, "compression.server_lr", z.server_lr, "a number > 0")
     _check(c.threads is None or c.threads >= 1, "threads", c.threads, "null or an integer >= 1")
     _check(
         c.trainer.chunk is None or c.trainer.chunk >= 1,

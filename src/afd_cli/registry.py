@@ -30,7 +30,9 @@ class Plugin:
 
 
 AFD_OPTIONS = ("rate", "score_init", "explore", "score_update")
-SPARSE_OPTIONS = ("values", "sparsity", "dense_below", "downlink")
+SERVER_OPTIONS = ("server_momentum", "server_lr")  # momentum on the aggregate: any compressor
+SPARSE_OPTIONS = ("values", "sparsity", "dense_below", "downlink", "first_copy", *SERVER_OPTIONS)
+HADAMARD_OPTIONS = ("bits", "bits_down", "subsample", "block", "dense_below", "downlink")
 DGC_OPTIONS = (
     "warmup_rounds",
     "momentum",
@@ -49,14 +51,20 @@ STRATEGIES: dict[str, Plugin] = {
 }
 
 COMPRESSIONS: dict[str, Plugin] = {
-    "none": Plugin("afd_cli.compression.dense:DenseCompressor", reads=()),
-    "fp16": Plugin("afd_cli.compression.dense:DenseCompressor", reads=()),
-    "q8": Plugin("afd_cli.compression.dense:DenseCompressor", reads=()),
+    "none": Plugin("afd_cli.compression.dense:DenseCompressor", reads=SERVER_OPTIONS),
+    "fp16": Plugin("afd_cli.compression.dense:DenseCompressor", reads=SERVER_OPTIONS),
+    "q8": Plugin("afd_cli.compression.dense:DenseCompressor", reads=SERVER_OPTIONS),
     "topk": Plugin("afd_cli.compression.topk:TopKCompressor", reads=SPARSE_OPTIONS),
     "dgc": Plugin("afd_cli.compression.dgc:DGCCompressor", reads=SPARSE_OPTIONS + DGC_OPTIONS),
+    # Caldas et al.'s lossy codec: rotation, subsampling, stochastic quantisation
+    "hadamard": Plugin(
+        "afd_cli.compression.lossy:HadamardCompressor", reads=HADAMARD_OPTIONS + SERVER_OPTIONS
+    ),
 }
-# the compressors that read compression.sparsity & co. and can also compress the downlink
+# the sparse compressors (compression.sparsity & co.; downlink deltas against per-client copies)
 SPARSE_COMPRESSIONS: tuple[str, ...] = ("topk", "dgc")
+# the compressors that can also compress the download (compression.downlink=true)
+DOWNLINK_COMPRESSIONS: tuple[str, ...] = (*SPARSE_COMPRESSIONS, "hadamard")
 
 MODELS: dict[str, Plugin] = {
     "cnn_mnist": Plugin("afd_cli.models:cnn_mnist", reads=()),

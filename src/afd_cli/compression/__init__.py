@@ -17,6 +17,8 @@ from .base import Compressor, Params, RoundContext, View
 from .codec import decode, decode_params, encode, encode_params, entropy_bound_bits
 from .dense import DenseCompressor
 from .dgc import DGCCompressor
+from .lossy import HadamardCompressor
+from .server import ServerMomentum
 from .state import Shapes
 from .topk import TopKCompressor
 
@@ -30,8 +32,10 @@ __all__ = [
     "Compressor",
     "DGCCompressor",
     "DenseCompressor",
+    "HadamardCompressor",
     "Params",
     "RoundContext",
+    "ServerMomentum",
     "TopKCompressor",
     "View",
     "build",
@@ -49,10 +53,17 @@ def build(
     seed: int = 0,
     device: torch.device | str | None = None,
 ) -> Compressor:
-    """The compressor named by ``cfg.name``; ``seed`` drives DGC's threshold sampling.
+    """The compressor named by ``cfg.name``; ``seed`` drives DGC's threshold sampling and the
+    hadamard codec's per-message seeds. ``compression.server_momentum > 0`` wraps it in
+    :class:`ServerMomentum` (momentum on the aggregate).
 
     ``device``: the model's device. On a GPU the sparse compressors keep their upload state
-    there and encode a round's clients batched (torch backend); on CPU they use numpy.
+    there and encode a round's clients batched (torch backend); on CPU they use numpy. The
+    hadamard codec encodes and decodes on ``device``.
     """
-    cls = registry.load("compression", cfg.name)
-    return cls.from_config(cfg, shapes=shapes, seed=seed, device=device)
+    comp = registry.load("compression", cfg.name).from_config(
+        cfg, shapes=shapes, seed=seed, device=device
+    )
+    if cfg.server_momentum > 0:
+        return ServerMomentum(comp, cfg.server_momentum, cfg.server_lr)  # type: ignore[return-value]
+    return comp

@@ -9,6 +9,10 @@ Layout (little endian)::
       Q8       lo:f32 | scale:f32 | n * u8            x ~= q * scale + lo
       SPARSE*  k:varint | [b:u8 | nbytes:varint | positions] | k * (f32 | f16)
                (the bracket is omitted when k == 0 or k == n)
+      HADAMARD bits:u8 | log2(block):u8 | seed:u32 | keep:u16 | m:varint
+               | ceil(m / block) * (lo:f32 | step:f32) | ceil(m * bits / 8) bytes of codes
+               (randomised Hadamard rotation, subsampling, stochastic quantisation: the
+               layout's meaning and the maths are in :mod:`.hadamard`)
 
 Names are not sent: sender and receiver agree on the parameter order (the dict order), so
 records are positional. Shapes are sent because sub-model shapes change per client and round.
@@ -47,6 +51,7 @@ class Kind(IntEnum):
     Q8 = 2
     SPARSE32 = 3
     SPARSE16 = 4
+    HADAMARD = 5
 
 
 _DENSE_KINDS = {"fp32": Kind.DENSE32, "fp16": Kind.DENSE16, "q8": Kind.Q8}
@@ -87,7 +92,35 @@ class Sparse:
         return out.reshape(self.shape)
 
 
-Record = Dense | Sparse
+@dataclass(frozen=True)
+class Rotated:
+    """A tensor of ``shape`` as Caldas et al.'s lossy code (built by :mod:`.hadamard`).
+
+    ``seed`` regenerates the receiver's random signs and subsample; ``keep`` is the subsample
+    threshold (a coordinate is kept when its 16-bit hash is below it; 0 = all kept); ``m``
+    coordinates were kept, quantised to ``bits`` bits in chunks of ``block`` with one
+    ``lo``/``step`` pair (fp32) per chunk; ``codes`` holds the packed bits (uint8, host).
+    """
+
+    shape: tuple[int, ...]
+    bits: int
+    block: int
+    seed: int
+    keep: int
+    m: int
+    lo: torch.Tensor
+    step: torch.Tensor
+    codes: torch.Tensor
+
+    def to_dense(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """The decoded fp32 tensor (on ``device``; the host by default)."""
+        from .hadamard import decode_record
+
+        return decode_record(self, device)
+
+
+Record = Dense | Sparse | Rotated
+_ROT_HEAD = struct.Struct("<BBIH")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -219,6 +252,9 @@ def _np32(t: torch.Tensor) -> np.ndarray:
 
 
 def _encode_record(out: bytearray, rec: Record) -> None:
+    if isinstance(rec, Rotated):
+        _encode_rotated(out, rec)
+        return
     if isinstance(rec, Dense):
         kind = _DENSE_KINDS.get(rec.fmt)
         shape = tuple(rec.values.shape)
@@ -227,11 +263,7 @@ def _encode_record(out: bytearray, rec: Record) -> None:
         shape = tuple(int(d) for d in rec.shape)
     if kind is None:
         raise ValueError(f"format {rec.fmt!r} not allowed for {type(rec).__name__}")
-    if len(shape) > 15:
-        raise ValueError("tensors with more than 15 dimensions are not supported")
-    out.append(int(kind) | len(shape) << 4)
-    for d in shape:
-        _put_varint(out, d)
+    _put_shape(out, kind, shape)
     if isinstance(rec, Dense):
         x = _np32(rec.values)
         if kind == Kind.DENSE32:  # straight from the tensor's memory: no intermediate copies
@@ -266,6 +298,52 @@ def _encode_record(out: bytearray, rec: Record) -> None:
     out += vals.astype("<f4" if kind == Kind.SPARSE32 else "<f2").tobytes()
 
 
+def _put_shape(out: bytearray, kind: Kind, shape: tuple[int, ...]) -> None:
+    if len(shape) > 15:
+        raise ValueError("tensors with more than 15 dimensions are not supported")
+    out.append(int(kind) | len(shape) << 4)
+    for d in shape:
+        _put_varint(out, d)
+
+
+def _encode_rotated(out: bytearray, rec: Rotated) -> None:
+    block, chunks = rec.block, -(-rec.m // rec.block) if rec.block else 0
+    if not (1 <= rec.bits <= 8) or block < 1 or block & (block - 1) or not 0 <= rec.keep < 2**16:
+        raise ValueError(f"bad hadamard record (bits={rec.bits}, block={block}, keep={rec.keep})")
+    if rec.lo.numel() != chunks or rec.step.numel() != chunks:
+        raise ValueError(f"hadamard record needs {chunks} lo/step pairs for m={rec.m}")
+    if rec.codes.numel() != -(-rec.m * rec.bits // 8):
+        raise ValueError("hadamard record: packed codes do not match m * bits")
+    _put_shape(out, Kind.HADAMARD, tuple(int(d) for d in rec.shape))
+    out += _ROT_HEAD.pack(rec.bits, block.bit_length() - 1, rec.seed, rec.keep)
+    _put_varint(out, rec.m)
+    scales = np.empty((chunks, 2), dtype="<f4")
+    scales[:, 0] = _np32(rec.lo)
+    scales[:, 1] = _np32(rec.step)
+    out += scales.tobytes()
+    out += rec.codes.detach().to("cpu", torch.uint8).contiguous().numpy().tobytes()
+
+
+def _decode_rotated(buf: memoryview, pos: int, shape: list[int]) -> tuple[Rotated, int]:
+    if len(buf) < pos + _ROT_HEAD.size:
+        raise ValueError("truncated hadamard record")
+    bits, log2_block, seed, keep = _ROT_HEAD.unpack_from(buf, pos)
+    m, pos = _get_varint(buf, pos + _ROT_HEAD.size)
+    if not 1 <= bits <= 8 or log2_block > 30:
+        raise ValueError(f"bad hadamard record (bits={bits}, log2 block={log2_block})")
+    block = 1 << log2_block
+    chunks = -(-m // block)
+    scales = np.frombuffer(buf, dtype="<f4", count=2 * chunks, offset=pos).reshape(chunks, 2)
+    pos += scales.nbytes
+    nbytes = -(-m * bits // 8)
+    codes = np.frombuffer(buf, dtype=np.uint8, count=nbytes, offset=pos)
+    pos += nbytes
+    lo = torch.from_numpy(scales[:, 0].astype(np.float32))
+    step = torch.from_numpy(scales[:, 1].astype(np.float32))
+    codes_t = torch.from_numpy(codes.copy())
+    return Rotated(tuple(shape), bits, block, seed, keep, m, lo, step, codes_t), pos
+
+
 def encode(records: Iterable[Record] | Mapping[str, Record]) -> bytes:
     """Records (a sequence, or a dict whose order is the wire order) -> payload."""
     items = list(records.values()) if isinstance(records, Mapping) else list(records)
@@ -293,6 +371,10 @@ def decode(payload: bytes) -> list[Record]:
         for _ in range(ndim):
             d, pos = _get_varint(buf, pos)
             shape.append(d)
+        if kind == Kind.HADAMARD:
+            rec, pos = _decode_rotated(buf, pos, shape)
+            out.append(rec)
+            continue
         n = math.prod(shape)
         fmt = _FMT_OF[kind]
         if kind in (Kind.DENSE32, Kind.DENSE16):

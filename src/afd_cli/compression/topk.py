@@ -61,7 +61,11 @@ class TopKCompressor(DenseCompressor):
         self.backend = backend
         self.device = device if backend == "torch" else torch.device("cpu")  # upload state
         self.up = ClientStore(self.buffers, shapes, device=self.device)
-        self.down = SparseDownlink(cfg.values, cfg.dense_below, shapes) if cfg.downlink else None
+        self.down = (
+            SparseDownlink(cfg.values, cfg.dense_below, shapes, cfg.first_copy)
+            if cfg.downlink
+            else None
+        )
 
     @classmethod
     def from_config(

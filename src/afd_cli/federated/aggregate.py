@@ -69,6 +69,16 @@ class MaskedMean:
         for batch, members in batches:
             batch.count_(self.den, [float(weights[i]) for i in members])
 
+    def delta(self) -> Params:
+        """The mean update itself (zero where no client held an entry), for server optimisers."""
+        if self.den is None:
+            scale = 1.0 / self.total if self.total > 0 else 0.0
+            return {k: v * scale for k, v in self.num.items()}
+        return {
+            k: torch.where(d > 0, self.num[k] / d.clamp_min(1e-12), 0.0)
+            for k, d in self.den.items()
+        }
+
     def apply_(self, weights: Params) -> None:
         """``weights += mean update``, in place; untouched entries stay as they are."""
         for k, w in weights.items():

@@ -102,7 +102,11 @@ def run_round(
     sizes = [r.num_samples for r in results]
     mean = MaskedMean(weights)
     mean.add_many(views, received, sizes)
-    mean.apply_(weights)
+    server_step = getattr(compressor, "apply_aggregate", None)  # e.g. server momentum
+    if server_step is None:
+        mean.apply_(weights)
+    else:
+        server_step(mean.delta(), weights)
 
     strategy.observe(round, clients, losses, sizes)
     return RoundResult(

@@ -194,7 +194,7 @@ def analyse(runs: Sequence[Run], target: float | None = None) -> Report:
 
 
 _STRATEGY_ORDER = {"fedavg": 0, "fd": 1, "multi": 2, "single": 3}
-_COMPRESSION_ORDER = {"none": 0, "fp16": 1, "q8": 2, "topk": 3, "dgc": 4}
+_COMPRESSION_ORDER = {"none": 0, "fp16": 1, "q8": 2, "topk": 3, "dgc": 4, "hadamard": 5}
 
 
 def _order(summary: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
