@@ -40,6 +40,7 @@ def _groups_help() -> str:
         "compression",
         "schedule",
         "trainer",
+        "network",
         "experiment",
     ):
         options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
@@ -382,6 +383,8 @@ def _report_sweep_failures(sweep_dir: Path) -> None:
 RUN_OUTPUTS = (
     "metrics.csv",
     "metrics.csv.tmp",
+    "clients.csv",
+    "clients.csv.tmp",
     "summary.json",
     "summary.json.tmp",
     "status.json",
@@ -465,7 +468,7 @@ def _resume_check(run_dir: Path, cfg: RootConfig) -> dict | None:
     from dataclasses import asdict
 
     from . import experiment
-    from .metrics import intact_rows
+    from .metrics import intact_client_rows, intact_rows
 
     ckpt_path = run_dir / experiment.CHECKPOINT
     before = _saved_config(run_dir)
@@ -505,9 +508,11 @@ def _resume_check(run_dir: Path, cfg: RootConfig) -> dict | None:
         return None
     from datetime import UTC, datetime
 
+    per_round = cfg.schedule.clients_per_round
+    clients = len(intact_client_rows(run_dir / experiment.CLIENTS, per_round, done)) // per_round
     return {
         "time": datetime.now(UTC).isoformat(timespec="seconds"),
-        "from_round": min(done, len(intact_rows(metrics, done))),
+        "from_round": min(done, len(intact_rows(metrics, done)), clients),
         "changed": changed,
     }
 
