@@ -520,7 +520,9 @@ def _resume_check(run_dir: Path, cfg: RootConfig) -> dict | None:
 @app.command()
 def report(
     paths: list[Path] = typer.Argument(
-        ..., help="Run directories, sweep directories (searched recursively), or several."
+        ...,
+        help="Run directories, sweep directories (searched recursively), or several; plus "
+        "network.KEY=VALUE overrides for --network.",
     ),
     out: Path = typer.Option(
         None, "--out", "-o", help="Output directory (default: the PATH if one, else ./report)."
@@ -535,23 +537,92 @@ def report(
         "--rounds",
         help="Compare every run as of this round (cuts longer runs), e.g. 100.",
     ),
+    network: str = typer.Option(
+        None,
+        "--network",
+        help="Re-time every run under this network profile (conf/network/), from its "
+        "clients.csv, without training; network.KEY=VALUE arguments adjust it.",
+    ),
 ) -> None:
-    """Compare runs over seeds: summary.csv, report.md and accuracy plots (vs round, vs MB)."""
+    """Compare runs over seeds: summary.csv, report.md and accuracy plots (vs round, MB, time)."""
     from . import report as rep
 
+    paths, overrides = _split_network_overrides(paths)
     try:
+        network_for = _network_for(network, overrides) if network or overrides else None
         result = rep.build(
             paths,
             target,
             rounds=rounds,
             warn=lambda m: err.print(f"[yellow]warning:[/] {m}", highlight=False, soft_wrap=True),
+            network_for=network_for,
+            clock_note=_retime_note(network, overrides),
         )
-    except rep.ReportError as e:
+    except (rep.ReportError, ConfigError) as e:
         fail(str(e))
     out_dir = out or (paths[0] if len(paths) == 1 and paths[0].is_dir() else Path("report"))
     files = rep.write(result, out_dir)
     Console(width=None if sys.stdout.isatty() else 160).print(rep.rich_table(result))
     typer.echo("wrote: " + ", ".join(str(f) for f in files.values()))
+
+
+def _split_network_overrides(args: list[Path]) -> tuple[list[Path], list[str]]:
+    """``afd report`` arguments -> (paths, ``network.*`` overrides). An argument that exists
+    is a path (sweep subdirectories are named ``key=value``); other ``key=value`` arguments
+    must set ``network.*`` keys, the only ones a report can change."""
+    paths, overrides = [], []
+    for a in args:
+        text = str(a)
+        if a.exists() or "=" not in text:
+            paths.append(a)
+        elif text.startswith("network."):
+            overrides.append(text)
+        else:
+            fail(
+                f"{text}: afd report can only change network.* keys (e.g. network.up_mbps=1), "
+                "and no such path exists"
+            )
+    if not paths:
+        fail("no run or sweep directory given (only overrides)")
+    return paths, overrides
+
+
+def _network_for(name: str | None, overrides: list[str]):
+    """The network config to re-time one run with: ``--network NAME`` (else the run's own
+    profile, as it ran) plus ``network.*`` overrides, composed and validated like `afd run`."""
+    cache: dict[tuple[str, ...], object] = {}
+    # a bad name or value fails before any run is read (without a name: on the default profile)
+    first = (f"network={name or 'lte'}", *overrides)
+    cache[first] = validate(compose(list(first))).network
+
+    def resolve(run_config: dict) -> object:
+        if name is not None:
+            key = (f"network={name}", *overrides)
+        else:
+            own = run_config.get("network.name")
+            if own is None:
+                raise ConfigError(
+                    "a run has no network config (older than the clock); name a profile: "
+                    "--network NAME"
+                )
+            kept = [
+                f"{k}={'null' if v is None else v}"
+                for k, v in sorted(run_config.items())
+                if k.startswith("network.") and k != "network.name"
+            ]
+            key = (f"network={own}", *kept, *overrides)
+        if key not in cache:
+            cache[key] = validate(compose(list(key))).network
+        return cache[key]
+
+    return resolve
+
+
+def _retime_note(name: str | None, overrides: list[str]) -> str:
+    if name is None and not overrides:
+        return ""
+    what = " ".join([*([f"--network {name}"] if name else []), *overrides])
+    return f"re-timed from clients.csv ({what})"
 
 
 @config_app.command(
