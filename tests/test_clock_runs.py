@@ -147,3 +147,32 @@ def test_deadline_drops_stragglers_and_such_runs_are_not_retimed(runs, tmp_path)
     assert "ran with network.deadline_s" in p.stderr and "needs a new run" in p.stderr
     p = afd(tmp_path, "report", str(runs["g3"]), "network.deadline_s=9", "-o", str(tmp_path / "o"))
     assert p.returncode == 2 and "cannot be applied to finished runs" in p.stderr
+
+
+def test_report_with_several_networks_puts_their_times_side_by_side(runs, tmp_path):
+    out = tmp_path / "out"
+    p = afd(
+        tmp_path,
+        "report",
+        str(runs["g3"]),
+        str(runs["g3fd"]),
+        "--network",
+        "cellular_3g,wifi",
+        "-o",
+        str(out),
+    )
+    assert p.returncode == 0, p.stderr
+    wide = pd.read_csv(out / "time_by_network.csv")
+    assert list(wide.strategy) == ["fedavg", "fd"]
+    for name in ("cellular_3g", "wifi"):
+        one = pd.read_csv(out / name / "summary.csv").set_index("strategy")
+        hours = one.loc["fedavg", "hours_to_target_mean"]
+        assert float(wide[f"hours to target ({name})"][0].split()[0]) == pytest.approx(
+            hours, rel=5e-3
+        )
+        assert (out / name / "accuracy_vs_time.png").exists()
+    # the same runs are faster on Wi-Fi than on 3G
+    three_g = pd.read_csv(out / "cellular_3g" / "summary.csv").sim_hours_mean
+    wifi = pd.read_csv(out / "wifi" / "summary.csv").sim_hours_mean
+    assert (wifi < three_g).all()
+    assert "| strategy | seeds |" in (out / "time_by_network.md").read_text()

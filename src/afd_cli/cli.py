@@ -6,6 +6,7 @@ directory, so a bad override costs one line on stderr, exit code 2, and no outpu
 
 from __future__ import annotations
 
+import csv
 import itertools
 import json
 import os
@@ -541,29 +542,52 @@ def report(
         None,
         "--network",
         help="Re-time every run under this network profile (conf/network/), from its "
-        "clients.csv, without training; network.KEY=VALUE arguments adjust it.",
+        "clients.csv, without training; network.KEY=VALUE arguments adjust it. Several, "
+        "comma-separated: one report per profile and their times side by side.",
     ),
 ) -> None:
     """Compare runs over seeds: summary.csv, report.md and accuracy plots (vs round, MB, time)."""
     from . import report as rep
 
     paths, overrides = _split_network_overrides(paths)
+    names = network.split(",") if network else [None]
+
+    def warn(message: str) -> None:
+        err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+    results = {}
     try:
-        network_for = _network_for(network, overrides) if network or overrides else None
-        result = rep.build(
-            paths,
-            target,
-            rounds=rounds,
-            warn=lambda m: err.print(f"[yellow]warning:[/] {m}", highlight=False, soft_wrap=True),
-            network_for=network_for,
-            clock_note=_retime_note(network, overrides),
-        )
+        for i, name in enumerate(names):
+            timed = name is not None or overrides
+            results[name] = rep.build(
+                paths,
+                target,
+                rounds=rounds,
+                warn=warn if i == 0 else None,
+                network_for=_network_for(name, overrides) if timed else None,
+                clock_note=_retime_note(name, overrides),
+            )
     except (rep.ReportError, ConfigError) as e:
         fail(str(e))
     out_dir = out or (paths[0] if len(paths) == 1 and paths[0].is_dir() else Path("report"))
-    files = rep.write(result, out_dir)
-    Console(width=None if sys.stdout.isatty() else 160).print(rep.rich_table(result))
-    typer.echo("wrote: " + ", ".join(str(f) for f in files.values()))
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    if len(results) == 1:
+        result = next(iter(results.values()))
+        files = list(rep.write(result, out_dir).values())
+        console.print(rep.rich_table(result))
+    else:  # one full report per profile, and their times side by side
+        files = [f for n, r in results.items() for f in rep.write(r, out_dir / n).values()]
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "time_by_network.md").write_text(rep.network_markdown(results))
+        header, rows = rep.network_table_rows(results)
+        with (out_dir / "time_by_network.csv").open("w", newline="") as f:
+            csv.writer(f).writerows([header, *rows])
+        files += [out_dir / "time_by_network.md", out_dir / "time_by_network.csv"]
+        table = Table(*header, title=f"simulated time to target under {', '.join(names)}")
+        for r in rows:
+            table.add_row(*r)
+        console.print(table)
+    typer.echo("wrote: " + ", ".join(str(f) for f in files))
 
 
 def _split_network_overrides(args: list[Path]) -> tuple[list[Path], list[str]]:

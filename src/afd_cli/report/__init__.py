@@ -29,7 +29,7 @@ from .group import analyse, grouping_keys
 from .load import find_metrics, load_runs, read_config, read_metrics
 from .plots import FIGURES, PLOTS, plot
 from .retime import retime_runs
-from .tables import markdown, rich_table, table_rows
+from .tables import markdown, network_markdown, network_table_rows, rich_table, table_rows
 
 __all__ = [
     "CORE_KEYS",
@@ -45,6 +45,8 @@ __all__ = [
     "grouping_keys",
     "load_runs",
     "markdown",
+    "network_markdown",
+    "network_table_rows",
     "plot",
     "read_config",
     "read_metrics",
@@ -93,7 +95,7 @@ def build(
         raise ReportError(f"--rounds={rounds} is out of range; expected an integer >= 1")
     runs, messages = load_runs(paths, warn, rounds)
     if network_for is not None:
-        retime_runs(runs, network_for)
+        runs = retime_runs(runs, network_for)
     report = analyse(runs, target)
     report.clock_note = clock_note
     if rounds is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +48,8 @@ def _deadline(value: Any) -> float | None:
     return float(value)
 
 
-def retime_run(run: Run, cfg: Any) -> None:
-    """Replace ``run``'s simulated times with those of network config ``cfg``, in place."""
+def retime_run(run: Run, cfg: Any) -> Run:
+    """``run`` with the simulated times of network config ``cfg`` (a new :class:`Run`)."""
     ran_with = _deadline(run.config.get("network.deadline_s"))
     if ran_with is not None:
         raise ReportError(
@@ -83,14 +83,14 @@ def retime_run(run: Run, cfg: Any) -> None:
                 f"({len(missing)} round(s) missing); re-run the run to time it"
             )
     nan = (math.nan, math.nan)
-    run.metrics = df.assign(
+    metrics = df.assign(
         sim_round_s=[times.get(int(t), nan)[0] for t in df["round"]],
         sim_time_s=[times.get(int(t), nan)[1] for t in df["round"]],
     )
-    run.config.update({f"network.{k}": v for k, v in asdict(cfg).items()})
+    config = {**run.config, **{f"network.{k}": v for k, v in asdict(cfg).items()}}
+    return replace(run, metrics=metrics, config=config)
 
 
-def retime_runs(runs: list[Run], network_for: Callable[[dict[str, Any]], Any]) -> None:
-    """Re-time every run with the network config ``network_for(run.config)`` gives."""
-    for run in runs:
-        retime_run(run, network_for(run.config))
+def retime_runs(runs: list[Run], network_for: Callable[[dict[str, Any]], Any]) -> list[Run]:
+    """Every run re-timed with the network config ``network_for(run.config)`` gives."""
+    return [retime_run(run, network_for(run.config)) for run in runs]

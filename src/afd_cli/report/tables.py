@@ -175,3 +175,49 @@ def _clock_note(report: Report) -> str:
     return ", ".join(f"network={n}" for n in names) + (
         f"; {report.clock_note}" if report.clock_note else ""
     )
+
+
+NETWORK_BASE = ("seeds", "final acc %", "rounds to target", "MB to target", "reduction ×")
+
+
+def network_table_rows(reports: dict[str, Report]) -> tuple[list[str], list[list[str]]]:
+    """One row per configuration with the simulated time to target and the time reduction
+    under each network profile side by side (``afd report --network a,b``): the runs are the
+    same in every report, only their clock differs, so the other columns are shared."""
+    first = next(iter(reports.values()))
+    header, rows = table_rows(first, compact=True)
+    labels = list(first.summary["config"])
+    cols = [*range(key_columns(header)), *(header.index(c) for c in NETWORK_BASE)]
+    out_header = [header[i] for i in cols]
+    out_rows = [[r[i] for i in cols] for r in rows]
+    for name, report in reports.items():
+        if list(report.summary["config"]) != labels:
+            raise ValueError("the reports of one --network list must hold the same runs")
+        h, rs = table_rows(report, compact=True)
+        out_header += [f"hours to target ({name})", f"time × ({name})"]
+        for line, r in zip(out_rows, rs, strict=True):
+            line += [r[h.index("hours to target")], r[h.index("time ×")]]
+    return out_header, out_rows
+
+
+def network_markdown(reports: dict[str, Report]) -> str:
+    """The side-by-side table as Markdown, with what its numbers mean."""
+    header, rows = network_table_rows(reports)
+    first = next(iter(reports.values()))
+    const = ", ".join(f"{k}={v}" for k, v in constant_keys(first).items())
+    lines = [
+        f"# Convergence time under {len(reports)} network profiles: {const}",
+        "",
+        f"{len(first.runs)} runs; mean ± std over seeds. {first.target_note}. Hours: simulated "
+        "(network + device clock) at the first round at or above the target; time × = fedavg + "
+        "none's hours to target ÷ this configuration's (else of total time, marked (total)). "
+        "Each profile's full report is in its own directory.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|"
+        + "|".join("---" if i < key_columns(header) else "--:" for i in range(len(header)))
+        + "|",
+        *("| " + " | ".join(r) + " |" for r in rows),
+        "",
+    ]
+    return "\n".join(lines)
