@@ -104,3 +104,18 @@ def test_profile_of_config():
     p = network.Profile.of(NetworkConfig())
     assert (p.down_mbps, p.up_mbps, p.deadline_s) == (29.5, 7.6, None)
     assert not math.isnan(p.spread)
+
+
+def test_network_profiles_are_the_conf_files_and_compose():
+    from pathlib import Path
+
+    from afd_cli import cli
+    from afd_cli.config import NETWORKS, validate
+
+    conf = Path(__file__).resolve().parents[1] / "conf" / "network"
+    assert sorted(p.stem for p in conf.glob("*.yaml")) == sorted(NETWORKS)
+    for name in NETWORKS:
+        assert validate(cli.compose([f"network={name}"])).network.name == name
+    g3 = validate(cli.compose(["network=cellular_3g"])).network
+    assert g3.up_mbps < g3.down_mbps  # the sources' uplinks are slower
+    assert validate(cli.compose([])).network.name == "lte"  # the default: a mid-range phone
