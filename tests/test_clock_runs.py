@@ -123,7 +123,7 @@ def test_report_network_overrides_adjust_each_runs_own_profile(runs, tmp_path):
 def test_deadline_drops_stragglers_and_such_runs_are_not_retimed(runs, tmp_path):
     # the median client time of cellular_3g's round 1: about half the clients miss it
     first = clients(runs["g3"]).query("round == 1").to_dict("records")
-    times = sorted(network._seconds(profile(), 0, r) for r in first)
+    times = sorted(network.record_seconds(profile(), 0, r) for r in first)
     deadline = round((times[4] + times[5]) / 2, 6)
     d = tmp_path / "deadline"
     p = afd(

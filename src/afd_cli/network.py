@@ -98,7 +98,7 @@ def late(p: Profile, seed: int, records: Iterable[Mapping[str, Any]]) -> set[int
     """Clients of a round that would finish after the deadline (none without one)."""
     if p.deadline_s is None:
         return set()
-    return {int(r["client"]) for r in records if _seconds(p, seed, r) > p.deadline_s}
+    return {int(r["client"]) for r in records if record_seconds(p, seed, r) > p.deadline_s}
 
 
 def round_seconds(p: Profile, seed: int, records: Sequence[Mapping[str, Any]]) -> float:
@@ -109,10 +109,11 @@ def round_seconds(p: Profile, seed: int, records: Sequence[Mapping[str, Any]]) -
     """
     if p.deadline_s is not None and any(int(r.get("dropped", 0)) for r in records):
         return p.deadline_s
-    return max(_seconds(p, seed, r) for r in records)
+    return max(record_seconds(p, seed, r) for r in records)
 
 
-def _seconds(p: Profile, seed: int, r: Mapping[str, Any]) -> float:
+def record_seconds(p: Profile, seed: int, r: Mapping[str, Any]) -> float:
+    """One client's time from its `clients.csv` row under profile ``p`` (run seed ``seed``)."""
     link = client_link(p, seed, int(r["client"]))
     return client_seconds(p, link, int(r["bytes_down"]), int(r["bytes_up"]), int(r["flops"]))
 
