@@ -26,8 +26,12 @@ def fake_run(
     dataset="digits",
     extra=None,
     summary=True,
+    sim_round=None,
+    clock=True,
 ):
-    """A run dir with metrics.csv (accs per round, mb_round MB up and down each round)."""
+    """A run dir with metrics.csv (accs per round, mb_round MB up and down each round, and
+    sim_round simulated seconds per round: by default one per MB; none without a clock)."""
+    sim_round = mb_round if sim_round is None else sim_round
     d = root / name
     (d / ".hydra").mkdir(parents=True)
     rows = []
@@ -53,6 +57,8 @@ def fake_run(
                 "test_acc": acc,
                 "keep_fraction": 1.0,
                 "sparsity": 0.0,
+                "sim_round_s": sim_round if clock else None,
+                "sim_time_s": sim_round * i if clock else None,
                 "wall_s": 0.1,
                 "train_s": 0.1,
             }
@@ -280,3 +286,54 @@ def test_cli_writes_into_the_single_directory(sweep):
     assert "fedavg" in p.stdout and not math.isnan(
         pd.read_csv(sweep / "summary.csv").final_acc_mean.iloc[0]
     )
+
+
+def test_time_to_target_and_time_reduction(tmp_path):
+    """fedavg: 100 simulated s per round; single+dgc: 40 s (less to send, smaller model)."""
+    root = tmp_path / "time"
+    for s in range(2):
+        fake_run(root, f"f{s}", seed=s, accs=[0.5, 0.8, 0.9], mb_round=10, sim_round=100)
+        fake_run(
+            root,
+            f"s{s}",
+            strategy="single",
+            compression="dgc",
+            seed=s,
+            accs=[0.5, 0.7, 0.9, 0.95],
+            mb_round=2,
+            sim_round=40,
+        )
+    r = rep.build([root])
+    f, d = row(r.summary, "fedavg", "none"), row(r.summary, "single", "dgc")
+    # target 0.99 * 0.9 = 0.891: fedavg at round 3 (300 s), single+dgc at round 3 (120 s)
+    assert f.hours_to_target_mean == pytest.approx(300 / 3600)
+    assert d.hours_to_target_mean == pytest.approx(120 / 3600)
+    assert d.time_reduction == pytest.approx(2.5) and d.time_reduction_basis == "to target"
+    assert d.reduction == pytest.approx(30 / 6)  # bytes: 30 MB against 6 MB to target
+    header, rows = rep.table_rows(r)
+    assert "hours to target" in header and len(rows) == 2
+    line = next(x for x in rows if "single" in x)
+    assert line[header.index("time ×")] == "2.50" and line[header.index("reduction ×")] == "5.00"
+    assert line[header.index("hours to target")] == "0.0333 ± 0"
+    # not reached by every seed: the ratio of total simulated time
+    r = rep.build([root], target=0.94)
+    d = row(r.summary, "single", "dgc")
+    assert d.time_reduction == pytest.approx(300 / 160) and d.time_reduction_basis == "total"
+
+
+def test_runs_without_a_clock_have_no_time_columns_or_figure(tmp_path):
+    root = tmp_path / "noclock"
+    fake_run(root, "f", accs=[0.5, 0.9], mb_round=10, clock=False)
+    fake_run(root, "s", strategy="single", accs=[0.5, 0.9], mb_round=5, clock=False)
+    r = rep.build([root])
+    header, _ = rep.table_rows(r)
+    assert "hours to target" not in header and "time ×" not in header
+    assert (
+        row(r.summary, "single", "none").time_reduction
+        != row(r.summary, "single", "none").time_reduction
+    )  # NaN
+    files = rep.write(r, tmp_path / "out")
+    assert (
+        "accuracy_vs_time" not in files and not (tmp_path / "out" / "accuracy_vs_time.png").exists()
+    )
+    assert "accuracy_vs_time.png" not in files["markdown"].read_text()

@@ -11,7 +11,13 @@ import pytest
 from helpers import AFD
 from helpers import SMALL as SMALL_RUN
 
-from afd_cli.metrics import COLUMNS, TIMING_COLUMNS, intact_rows
+from afd_cli.metrics import (
+    CLIENT_COLUMNS,
+    COLUMNS,
+    TIMING_COLUMNS,
+    intact_client_rows,
+    intact_rows,
+)
 
 SMALL = [o for o in SMALL_RUN if not o.startswith("progress=")] + ["progress=none"]
 KEEP = [c for c in COLUMNS if c not in TIMING_COLUMNS]
@@ -57,6 +63,8 @@ def assert_same_rounds(a: Path, b: Path) -> None:
     pd.testing.assert_frame_equal(
         pd.read_csv(a / "metrics.csv")[KEEP], pd.read_csv(b / "metrics.csv")[KEEP]
     )
+    # clients.csv has no timing column: byte for byte an uninterrupted run's
+    assert (b / "clients.csv").read_bytes() == (a / "clients.csv").read_bytes()
 
 
 # --- damaged metrics.csv -----------------------------------------------------------------------
@@ -83,6 +91,53 @@ def test_resume_repairs_a_damaged_metrics_csv_exactly(finished, run, damage):
     p = afd(run.parent, "resume", str(run))
     assert p.returncode == 0, p.stderr
     assert_same_rounds(finished, run)
+
+
+def _clients_garbage_row(path: Path) -> None:  # a row of round 2 overwritten
+    lines = path.read_bytes().split(b"\n")
+    lines[5] = b"2,\x00\x17garbage"
+    path.write_bytes(b"\n".join(lines))
+
+
+def _clients_cut_mid_round(path: Path) -> None:  # killed while writing round 3's rows
+    path.write_bytes(path.read_bytes()[:-30])
+
+
+def _clients_missing(path: Path) -> None:
+    path.unlink()
+
+
+@pytest.mark.parametrize("damage", [_clients_garbage_row, _clients_cut_mid_round, _clients_missing])
+def test_resume_repairs_a_damaged_clients_csv_exactly(finished, run, damage):
+    damage(run / "clients.csv")
+    p = afd(run.parent, "resume", str(run))
+    assert p.returncode == 0, p.stderr
+    assert "clients.csv holds" in p.stderr  # says why it recomputes
+    assert_same_rounds(finished, run)
+
+
+def test_resume_cuts_client_rows_past_the_checkpoint(finished, run):
+    """kill -9 after round 4's client rows were written, before its metrics row."""
+    lines = (run / "clients.csv").read_bytes().split(b"\n")
+    extra = [line.replace(b"3,", b"4,", 1) for line in lines[-4:-1]]
+    (run / "clients.csv").write_bytes(b"\n".join([*lines[:-1], *extra, b""]))
+    p = afd(run.parent, "resume", str(run))
+    assert p.returncode == 0, p.stderr
+    assert_same_rounds(finished, run)
+
+
+def test_intact_client_rows_keep_whole_rounds_only(tmp_path):
+    f = tmp_path / "clients.csv"
+    head = ",".join(CLIENT_COLUMNS).encode() + b"\r\n"
+    body = b"".join(b"%d,%d,9,9,3,1,30,0\r\n" % (r, c) for r in (1, 2, 3) for c in (4, 7))
+    f.write_bytes(head + body)
+    assert len(intact_client_rows(f, 2)) == 6 and len(intact_client_rows(f, 2, 2)) == 4
+    f.write_bytes(head + body[:-5])  # round 3 cut short: rounds 1-2
+    assert [r["round"] for r in intact_client_rows(f, 2)] == ["1", "1", "2", "2"]
+    f.write_bytes(head + body.replace(b"2,7,", b"2,x,"))  # damage in round 2: round 1
+    assert len(intact_client_rows(f, 2)) == 2
+    f.write_bytes(head + body)
+    assert len(intact_client_rows(f, 3)) == 0  # rows of 2 clients are no round of 3
 
 
 def test_resume_cuts_rows_past_the_checkpoint(finished, run):

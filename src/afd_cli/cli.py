@@ -6,6 +6,7 @@ directory, so a bad override costs one line on stderr, exit code 2, and no outpu
 
 from __future__ import annotations
 
+import csv
 import itertools
 import json
 import os
@@ -40,6 +41,7 @@ def _groups_help() -> str:
         "compression",
         "schedule",
         "trainer",
+        "network",
         "experiment",
     ):
         options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
@@ -382,6 +384,8 @@ def _report_sweep_failures(sweep_dir: Path) -> None:
 RUN_OUTPUTS = (
     "metrics.csv",
     "metrics.csv.tmp",
+    "clients.csv",
+    "clients.csv.tmp",
     "summary.json",
     "summary.json.tmp",
     "status.json",
@@ -465,7 +469,7 @@ def _resume_check(run_dir: Path, cfg: RootConfig) -> dict | None:
     from dataclasses import asdict
 
     from . import experiment
-    from .metrics import intact_rows
+    from .metrics import intact_client_rows, intact_rows
 
     ckpt_path = run_dir / experiment.CHECKPOINT
     before = _saved_config(run_dir)
@@ -505,9 +509,11 @@ def _resume_check(run_dir: Path, cfg: RootConfig) -> dict | None:
         return None
     from datetime import UTC, datetime
 
+    per_round = cfg.schedule.clients_per_round
+    clients = len(intact_client_rows(run_dir / experiment.CLIENTS, per_round, done)) // per_round
     return {
         "time": datetime.now(UTC).isoformat(timespec="seconds"),
-        "from_round": min(done, len(intact_rows(metrics, done))),
+        "from_round": min(done, len(intact_rows(metrics, done)), clients),
         "changed": changed,
     }
 
@@ -515,7 +521,9 @@ def _resume_check(run_dir: Path, cfg: RootConfig) -> dict | None:
 @app.command()
 def report(
     paths: list[Path] = typer.Argument(
-        ..., help="Run directories, sweep directories (searched recursively), or several."
+        ...,
+        help="Run directories, sweep directories (searched recursively), or several; plus "
+        "network.KEY=VALUE overrides for --network.",
     ),
     out: Path = typer.Option(
         None, "--out", "-o", help="Output directory (default: the PATH if one, else ./report)."
@@ -530,23 +538,115 @@ def report(
         "--rounds",
         help="Compare every run as of this round (cuts longer runs), e.g. 100.",
     ),
+    network: str = typer.Option(
+        None,
+        "--network",
+        help="Re-time every run under this network profile (conf/network/), from its "
+        "clients.csv, without training; network.KEY=VALUE arguments adjust it. Several, "
+        "comma-separated: one report per profile and their times side by side.",
+    ),
 ) -> None:
-    """Compare runs over seeds: summary.csv, report.md and accuracy plots (vs round, vs MB)."""
+    """Compare runs over seeds: summary.csv, report.md and accuracy plots (vs round, MB, time)."""
     from . import report as rep
 
+    paths, overrides = _split_network_overrides(paths)
+    names = network.split(",") if network else [None]
+
+    def warn(message: str) -> None:
+        err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+    results = {}
     try:
-        result = rep.build(
-            paths,
-            target,
-            rounds=rounds,
-            warn=lambda m: err.print(f"[yellow]warning:[/] {m}", highlight=False, soft_wrap=True),
-        )
-    except rep.ReportError as e:
+        for i, name in enumerate(names):
+            timed = name is not None or overrides
+            results[name] = rep.build(
+                paths,
+                target,
+                rounds=rounds,
+                warn=warn if i == 0 else None,
+                network_for=_network_for(name, overrides) if timed else None,
+                clock_note=_retime_note(name, overrides),
+            )
+    except (rep.ReportError, ConfigError) as e:
         fail(str(e))
     out_dir = out or (paths[0] if len(paths) == 1 and paths[0].is_dir() else Path("report"))
-    files = rep.write(result, out_dir)
-    Console(width=None if sys.stdout.isatty() else 160).print(rep.rich_table(result))
-    typer.echo("wrote: " + ", ".join(str(f) for f in files.values()))
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    if len(results) == 1:
+        result = next(iter(results.values()))
+        files = list(rep.write(result, out_dir).values())
+        console.print(rep.rich_table(result))
+    else:  # one full report per profile, and their times side by side
+        files = [f for n, r in results.items() for f in rep.write(r, out_dir / n).values()]
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "time_by_network.md").write_text(rep.network_markdown(results))
+        header, rows = rep.network_table_rows(results)
+        with (out_dir / "time_by_network.csv").open("w", newline="") as f:
+            csv.writer(f).writerows([header, *rows])
+        files += [out_dir / "time_by_network.md", out_dir / "time_by_network.csv"]
+        table = Table(*header, title=f"simulated time to target under {', '.join(names)}")
+        for r in rows:
+            table.add_row(*r)
+        console.print(table)
+    typer.echo("wrote: " + ", ".join(str(f) for f in files))
+
+
+def _split_network_overrides(args: list[Path]) -> tuple[list[Path], list[str]]:
+    """``afd report`` arguments -> (paths, ``network.*`` overrides). An argument that exists
+    is a path (sweep subdirectories are named ``key=value``); other ``key=value`` arguments
+    must set ``network.*`` keys, the only ones a report can change."""
+    paths, overrides = [], []
+    for a in args:
+        text = str(a)
+        if a.exists() or "=" not in text:
+            paths.append(a)
+        elif text.startswith("network."):
+            overrides.append(text)
+        else:
+            fail(
+                f"{text}: afd report can only change network.* keys (e.g. network.up_mbps=1), "
+                "and no such path exists"
+            )
+    if not paths:
+        fail("no run or sweep directory given (only overrides)")
+    return paths, overrides
+
+
+def _network_for(name: str | None, overrides: list[str]):
+    """The network config to re-time one run with: ``--network NAME`` (else the run's own
+    profile, as it ran) plus ``network.*`` overrides, composed and validated like `afd run`."""
+    cache: dict[tuple[str, ...], object] = {}
+    # a bad name or value fails before any run is read (without a name: on the default profile)
+    first = (f"network={name or 'lte'}", *overrides)
+    cache[first] = validate(compose(list(first))).network
+
+    def resolve(run_config: dict) -> object:
+        if name is not None:
+            key = (f"network={name}", *overrides)
+        else:
+            own = run_config.get("network.name")
+            if own is None:
+                raise ConfigError(
+                    "a run has no network config (older than the clock); name a profile: "
+                    "--network NAME"
+                )
+            kept = [
+                f"{k}={'null' if v is None else v}"
+                for k, v in sorted(run_config.items())
+                if k.startswith("network.") and k != "network.name"
+            ]
+            key = (f"network={own}", *kept, *overrides)
+        if key not in cache:
+            cache[key] = validate(compose(list(key))).network
+        return cache[key]
+
+    return resolve
+
+
+def _retime_note(name: str | None, overrides: list[str]) -> str:
+    if name is None and not overrides:
+        return ""
+    what = " ".join([*([f"--network {name}"] if name else []), *overrides])
+    return f"re-timed from clients.csv ({what})"
 
 
 @config_app.command(

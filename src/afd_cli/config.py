@@ -23,6 +23,8 @@ DEVICES = ("auto", "cpu", "cuda")
 TRAINERS = ("auto", "sequential", "batched")
 PRECISIONS = ("fp32", "bf16")
 ON_NONFINITE = ("stop", "skip_client")
+# network profiles: data, not plug-ins (conf/network/<name>.yaml; a test keeps them equal)
+NETWORKS = ("none", "cellular_3g", "lte", "wifi")  # none = no clock
 # numpy's legacy seeding and torch.Generator.manual_seed both take any value in [0, 2**32 - 1];
 # outside it a run failed after loading the data with a message about the partition
 # (seed=-1) or an int64 overflow (a 23-digit seed), and had already made its run directory.
@@ -127,6 +129,22 @@ class TrainerConfig:
 
 
 @dataclass
+class NetworkConfig:
+    """The simulated network and device clock (:mod:`afd_cli.network`); ``none`` = no clock.
+
+    The defaults are the ``lte`` profile; conf/network/lte.yaml says where they come from.
+    """
+
+    name: str = "lte"  # none | cellular_3g | lte | wifi
+    down_mbps: float = 29.5  # median client's download rate, 10^6 bit/s
+    up_mbps: float = 7.6  # median client's upload rate, 10^6 bit/s
+    latency_ms: float = 28.0  # round-trip time, charged once per message (down and up)
+    device_gflops: float = 10.0  # median client's sustained local-training speed, 10^9 FLOP/s
+    spread: float = 0.5  # log-normal sigma of each client's link and device speed (0 = equal)
+    deadline_s: float | None = None  # drop clients that finish later (stragglers); null = off
+
+
+@dataclass
 class RootConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
@@ -135,6 +153,7 @@ class RootConfig:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "fp32"  # fp32 | bf16 (autocast in local training and evaluation)
@@ -189,6 +208,7 @@ def validate(cfg: DictConfig) -> RootConfig:
     _choice("compression.values", c.compression.values, ("fp32", "fp16"))
     _choice("compression.first_copy", c.compression.first_copy, VALUE_FORMATS)
     _choice("strategy.score_update", c.strategy.score_update, ("relative", "absolute"))
+    validate_network(c.network)
 
     s = c.schedule
     for key in (
@@ -320,6 +340,28 @@ def validate(cfg: DictConfig) -> RootConfig:
             f"dataset={d.name!r}; choose one of: iid, dirichlet, shards"
         )
     return c
+
+
+def validate_network(n: NetworkConfig) -> None:
+    """Range checks of ``network.*`` (also used by ``afd report --network``)."""
+    _choice("network", n.name, NETWORKS)
+    _check_finite(n, "network.")
+    for key in ("down_mbps", "up_mbps", "device_gflops"):
+        v = getattr(n, key)
+        _check(v > 0, f"network.{key}", v, "a number > 0")
+    _check(n.latency_ms >= 0, "network.latency_ms", n.latency_ms, "a number >= 0")
+    _check(n.spread >= 0, "network.spread", n.spread, "a number >= 0")
+    _check(
+        n.deadline_s is None or n.deadline_s > 0,
+        "network.deadline_s",
+        n.deadline_s,
+        "null or a number > 0",
+    )
+    if n.deadline_s is not None and n.name == "none":
+        raise ConfigError(
+            f"network.deadline_s={n.deadline_s!r} needs a clock, not network='none'; "
+            f"choose one of: {', '.join(x for x in NETWORKS if x != 'none')}"
+        )
 
 
 def _check_finite(node: Any, prefix: str = "") -> None:

@@ -1,7 +1,8 @@
 """One experiment from a validated config: build the parts, run the rounds, write the outputs.
 
-Outputs in the run directory: ``metrics.csv`` (a row per round), ``partition.csv`` (per-client
-sizes and label histograms), ``checkpoint.pt`` (global model + strategy/compressor state, for
+Outputs in the run directory: ``metrics.csv`` (a row per round), ``clients.csv`` (a row per
+client and round: bytes, samples, steps, FLOPs), ``partition.csv`` (per-client sizes and label
+histograms), ``checkpoint.pt`` (global model + strategy/compressor state, for
 resume), ``summary.json`` (written last: its presence marks a finished run).
 """
 
@@ -18,14 +19,25 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import compression, data, models, registry, strategies
+from . import compression, data, models, network, registry, strategies
 from .config import ConfigError, RootConfig
 from .federated.client import Evaluator, LocalSGD, SequentialTrainer, Trainer
 from .federated.guard import SKIP, STOP, Diverged, FiniteGuard, SkipObserve, SkipUplink, all_finite
-from .federated.round import RoundResult, run_round
-from .metrics import MetricsWriter, RoundProgress, intact_rows, write_json_atomic
+from .federated.round import ClientRecord, RoundResult, run_round
+from .flops import TrainingCost
+from .metrics import (
+    ClientsWriter,
+    MetricsWriter,
+    RoundProgress,
+    intact_client_rows,
+    intact_rows,
+    sim_time_to,
+    write_json_atomic,
+)
 
 CHECKPOINT = "checkpoint.pt"
+CLIENTS = "clients.csv"
+TARGET_SHARE = 0.99  # summary.json's target: this share of the run's best accuracy
 
 
 def resolve_device(name: str) -> torch.device:
@@ -108,6 +120,10 @@ class Simulation:
             self.cfg.precision,
             workers=cpu_workers(self.cfg),
         )
+        s = self.cfg.schedule
+        example = self.train.batch(torch.zeros(1, dtype=torch.long, device=self.device))[0]
+        self.cost = TrainingCost(self.model, example, s.local_epochs, s.batch_size)
+        self.profile = network.Profile.of(self.cfg.network)  # None: network=none, no clock
 
     def new_model(self) -> models.FLModel:
         """A freshly initialised full model of the configured family (same device)."""
@@ -133,6 +149,7 @@ class Simulation:
             trainer=self.trainer,
             full_size=self.full_size,
             on_client_done=on_client_done,
+            drop=self._late(t) if self.profile and self.profile.deadline_s else None,
         )
         if not bool(all_finite(list(self.weights.values()))):
             raise Diverged(
@@ -142,6 +159,27 @@ class Simulation:
                 divergence_hint(self.cfg),
             )
         return r
+
+    def client_rows(self, t: int, records: list[ClientRecord]) -> list[dict[str, int]]:
+        """Round ``t``'s (0-based) ``clients.csv`` rows: bytes, samples, steps, FLOPs."""
+        return [
+            {
+                "round": t + 1,
+                "client": r.client,
+                "bytes_down": r.bytes_down,
+                "bytes_up": r.bytes_up,
+                "samples": r.samples,
+                "steps": self.cost.steps(r.samples),
+                "flops": self.cost.flops(r.units, r.samples),
+                "dropped": int(r.dropped),
+            }
+            for r in records
+        ]
+
+    def _late(self, t: int):
+        """The deadline as the round loop's ``drop`` policy: stragglers of round ``t``."""
+        seed, profile = self.cfg.seed, self.profile
+        return lambda records: network.late(profile, seed, self.client_rows(t, records))
 
 
 def divergence_hint(cfg: RootConfig) -> str:
@@ -242,6 +280,7 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
         "best_round": None,
         "last_acc": None,
         "elapsed": 0.0,
+        "sim_time": 0.0,
     }
     ckpt_path = run_dir / CHECKPOINT
     ckpt = load_checkpoint(ckpt_path) if cfg.resume and ckpt_path.exists() else None
@@ -253,13 +292,21 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
                 f"hydra.run.dir, or start over with: afd resume {run_dir} --from-scratch"
             )
         done = ckpt["state"]["round"]
-        intact = len(intact_rows(run_dir / "metrics.csv", done))
+        per_round = s.clients_per_round
+        intact, where = min(
+            (len(intact_rows(run_dir / "metrics.csv", done)), run_dir / "metrics.csv"),
+            (
+                len(intact_client_rows(run_dir / CLIENTS, per_round, done)) // per_round,
+                run_dir / CLIENTS,
+            ),
+            key=lambda x: x[0],
+        )
         if intact < done:
             # rows intact..done are damaged or gone and the checkpoint holds only round `done`:
             # rounds are seeded by (seed, round), so running again from round 1 restores them
             lost = f"round {done}" if intact + 1 == done else f"rounds {intact + 1}-{done}"
             print(
-                f"note: {run_dir / 'metrics.csv'} holds {intact} intact rounds but "
+                f"note: {where} holds {intact} intact rounds but "
                 f"{ckpt_path} is at round {done}; recomputing from round 1 to restore "
                 f"{lost} exactly",
                 file=sys.stderr,
@@ -274,6 +321,8 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
         compressor.load_state_dict(ckpt["compressor"])
         state = ckpt["state"]
     writer = MetricsWriter(run_dir / "metrics.csv", keep_rounds=state["round"])
+    clients_writer = ClientsWriter(run_dir / CLIENTS, s.clients_per_round, state["round"])
+    profile = sim.profile
     progress = RoundProgress(s.rounds, s.clients_per_round, cfg.progress, start=state["round"])
     try:
         for t in range(state["round"], s.rounds):
@@ -294,6 +343,9 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
                 if state["best_acc"] is None or test_acc > state["best_acc"]:
                     state["best_acc"], state["best_round"] = test_acc, t + 1
             eval_s = time.perf_counter() - t_eval
+            client_rows = sim.client_rows(t, r.records)
+            sim_round = network.round_seconds(profile, cfg.seed, client_rows) if profile else None
+            state["sim_time"] = state.get("sim_time", 0.0) + (sim_round or 0.0)
             state["cum_down"] += r.bytes_down
             state["cum_up"] += r.bytes_up
             state["round"] = t + 1
@@ -307,6 +359,7 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
                 "seed": cfg.seed,
                 "clients": len(r.clients),
                 "skipped": len(sim.skipped),
+                "dropped": sum(rec.dropped for rec in r.records),
                 "bytes_down": r.bytes_down,
                 "bytes_up": r.bytes_up,
                 "cum_bytes_down": state["cum_down"],
@@ -317,10 +370,13 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
                 "test_acc": test_acc,
                 "keep_fraction": r.keep_fraction,
                 "sparsity": r.compressor_stats.get("sparsity", 0.0),
+                "sim_round_s": sim_round,
+                "sim_time_s": state["sim_time"] if profile else None,
                 "wall_s": time.perf_counter() - t0,
                 "train_s": r.train_s,
                 "eval_s": eval_s,
             }
+            clients_writer.write(client_rows)
             writer.write(row)
             state["elapsed"] += row["wall_s"]
             if state["round"] % cfg.checkpoint_every == 0 or state["round"] == s.rounds:
@@ -333,6 +389,7 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
     finally:
         progress.close()
         writer.close()
+        clients_writer.close()
 
     summary = {
         "rounds": state["round"],
@@ -342,6 +399,15 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
         "total_bytes_down": state["cum_down"],
         "total_bytes_up": state["cum_up"],
         "total_bytes": state["cum_down"] + state["cum_up"],
+        "sim_time_s": state["sim_time"] if profile else None,  # the network.* clock
+        # simulated seconds to reach 99% of this run's best accuracy (afd report uses
+        # fedavg + none's best in the same setting instead)
+        "sim_time_to_target_s": (
+            sim_time_to(run_dir / "metrics.csv", TARGET_SHARE * state["best_acc"])
+            if profile and state["best_acc"] is not None
+            else None
+        ),
+        "target_acc": TARGET_SHARE * state["best_acc"] if state["best_acc"] is not None else None,
         "train_wall_s": state["elapsed"],  # rounds + evaluation, summed over metrics.csv
         "checkpoint_s": state.get("checkpoint_s", 0.0),  # writing checkpoint.pt, all rounds
         "wall_s": time.perf_counter() - t_start,

@@ -4,6 +4,11 @@
 every finished round; on resume the rows past the checkpoint (and a damaged tail) are dropped
 first, so the file never holds a round twice or a half row. Timing columns (``wall_s``,
 ``train_s``, ``eval_s``) are the only ones that differ between two runs with the same seed.
+
+``clients.csv`` holds one row per (round, client), written the same way just before the
+round's ``metrics.csv`` row and cut back with it on resume: what each client cost (bytes,
+samples, local steps, training FLOPs) and whether the clock's deadline dropped it. The
+simulated ``sim_*`` columns of ``metrics.csv`` are a function of it (:mod:`afd_cli.network`).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ COLUMNS = [
     "seed",
     "clients",
     "skipped",  # clients dropped for a non-finite loss or update (on_nonfinite=skip_client)
+    "dropped",  # clients past network.deadline_s, left out of the round (stragglers)
     "bytes_down",
     "bytes_up",
     "cum_bytes_down",
@@ -38,14 +44,27 @@ COLUMNS = [
     "test_acc",
     "keep_fraction",
     "sparsity",
+    "sim_round_s",  # simulated seconds of the round (network.*; empty with network=none)
+    "sim_time_s",  # simulated seconds since the start of the run
     "wall_s",
     "train_s",
     "eval_s",
 ]
 TIMING_COLUMNS = ("wall_s", "train_s", "eval_s")
+SIM_COLUMNS = ("sim_round_s", "sim_time_s")  # written with 12 digits: re-timing matches them
 
 
 TEXT_COLUMNS = ("dataset", "model", "partition", "strategy", "compression")
+CLIENT_COLUMNS = [
+    "round",
+    "client",
+    "bytes_down",
+    "bytes_up",  # 0 when not sent (dropped by the deadline, or skipped as non-finite)
+    "samples",
+    "steps",  # local SGD steps: ceil(samples / batch_size) * local_epochs
+    "flops",  # FLOPs of its local training (forward + backward of the model it trained)
+    "dropped",  # 1: finished after network.deadline_s, left out of the round
+]
 
 
 def intact_rows(path: Path, keep_rounds: int | None = None) -> list[dict[str, str]]:
@@ -80,6 +99,16 @@ def intact_rows(path: Path, keep_rounds: int | None = None) -> list[dict[str, st
     return rows
 
 
+def sim_time_to(path: Path, target: float) -> float | None:
+    """Simulated seconds (``sim_time_s``) at the first round of ``metrics.csv`` whose test
+    accuracy reached ``target``; None if none did (or the run has no clock)."""
+    for row in intact_rows(path):
+        acc, sim = row.get("test_acc", ""), row.get("sim_time_s", "")
+        if acc and sim and float(acc) >= target - 1e-12:
+            return float(sim)
+    return None
+
+
 def _fields(raw: bytes) -> list[str] | None:
     try:
         return next(csv.reader([raw.decode("utf-8").removesuffix("\r")]))
@@ -95,6 +124,34 @@ def _is_number(v: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def intact_client_rows(
+    path: Path, per_round: int, keep_rounds: int | None = None
+) -> list[dict[str, str]]:
+    """The rows of ``clients.csv`` of its first whole rounds (``per_round`` rows each, rounds
+    1, 2, ... in order, every cell an integer), at most ``keep_rounds`` rounds; reading stops
+    at the first damaged line, and a round cut short by it is left out."""
+    try:
+        lines = path.read_bytes().split(b"\n")[:-1]
+    except FileNotFoundError:
+        return []
+    if not lines or _fields(lines[0]) != CLIENT_COLUMNS:
+        return []
+    rows: list[dict[str, str]] = []
+    for raw in lines[1:]:
+        fields = _fields(raw)
+        if fields is None or len(fields) != len(CLIENT_COLUMNS):
+            break
+        if not all(f.isdigit() for f in fields):
+            break
+        if int(fields[0]) != len(rows) // per_round + 1:
+            break
+        rows.append(dict(zip(CLIENT_COLUMNS, fields, strict=True)))
+    whole = len(rows) // per_round
+    if keep_rounds is not None:
+        whole = min(whole, keep_rounds)
+    return rows[: whole * per_round]
 
 
 class MetricsWriter:
@@ -114,20 +171,43 @@ class MetricsWriter:
         self._writer = csv.DictWriter(self._file, fieldnames=COLUMNS)
 
     def write(self, row: dict[str, Any]) -> None:
-        self._writer.writerow({k: _fmt(row.get(k)) for k in COLUMNS})
+        self._writer.writerow({k: _fmt(row.get(k), 12 if k in SIM_COLUMNS else 6) for k in COLUMNS})
         self._file.flush()
 
     def close(self) -> None:
         self._file.close()
 
 
-def _fmt(v: Any) -> Any:
+class ClientsWriter:
+    """Appends a round's rows to ``clients.csv``; on resume keeps the rows of the first
+    ``keep_rounds`` whole rounds (see :func:`intact_client_rows`) and drops the rest."""
+
+    def __init__(self, path: Path, per_round: int, keep_rounds: int = 0):
+        rows = intact_client_rows(path, per_round, keep_rounds) if keep_rounds else []
+        tmp = path.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=CLIENT_COLUMNS)
+            w.writeheader()
+            w.writerows(rows)
+        os.replace(tmp, path)
+        self._file = path.open("a", newline="")
+        self._writer = csv.DictWriter(self._file, fieldnames=CLIENT_COLUMNS)
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        self._writer.writerows([{k: int(r[k]) for k in CLIENT_COLUMNS} for r in rows])
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _fmt(v: Any, digits: int = 6) -> Any:
     """None (not evaluated) is an empty cell; NaN and infinities are written as ``nan``,
     ``inf``, ``-inf``, never blank, so a diverged value cannot pass for a missing one."""
     if v is None:
         return ""
     if isinstance(v, float):
-        return f"{v:.6g}"
+        return f"{v:.{digits}g}"
     return v
 
 
@@ -170,6 +250,7 @@ class RoundProgress:
         acc_s = "" if acc is None or acc != acc else f"acc {acc:.4f} "
         mb = row["cum_bytes"] / 1e6
         skipped = f" ({row['skipped']} skipped)" if row.get("skipped") else ""
+        skipped += f" ({row['dropped']} past the deadline)" if row.get("dropped") else ""
         line = (
             f"round {row['round']}/{self.total} {acc_s}loss {row['train_loss']:.4f} "
             f"{mb:,.1f} MB {row['wall_s']:.1f}s{skipped}"

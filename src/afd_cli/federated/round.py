@@ -12,12 +12,18 @@ it is a GPU, else on the host). The loop moves what a compressor decodes onto th
 neither side needs to know where the other runs. Uploads are encoded for the whole round at
 once and aggregated with one :meth:`MaskedMean.add_many`, so a batched engine can do both as
 stacked ``[C, ...]`` operations.
+
+What each client cost is kept as a :class:`ClientRecord` (bytes each way, samples, sub-model
+shape). An optional ``drop`` policy (the simulated clock's deadline) sees the round's records
+once the uploads are encoded and names clients to leave out: their download happened, their
+upload is not sent (0 bytes), their update is not aggregated and the strategy does not see it.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -31,6 +37,18 @@ Params = dict[str, torch.Tensor]
 
 
 @dataclass
+class ClientRecord:
+    """One client's part of a round: what it cost on the wire and what it trained."""
+
+    client: int
+    bytes_down: int
+    bytes_up: int  # 0 when its upload was not sent (dropped, or skipped as non-finite)
+    samples: int
+    units: dict[str, int]  # the (sub-)model it trained, units per droppable layer
+    dropped: bool = False  # left out by the ``drop`` policy (a straggler past the deadline)
+
+
+@dataclass
 class RoundResult:
     clients: list[int]
     bytes_down: int
@@ -39,6 +57,7 @@ class RoundResult:
     keep_fraction: float  # parameters sent / full-model parameters, averaged over clients
     compressor_stats: dict[str, float]
     train_s: float  # wall seconds of local training (the rest is codec + aggregation)
+    records: list[ClientRecord] = field(default_factory=list)  # one per client, in order
 
 
 def sample_clients(seed: int, round: int, num_clients: int, per_round: int) -> list[int]:
@@ -73,6 +92,7 @@ def run_round(
     trainer,
     full_size: int,
     on_client_done=None,
+    drop: Callable[[list[ClientRecord]], set[int]] | None = None,
 ) -> RoundResult:
     """Run one round in place on ``weights`` (the global model) and report what it cost."""
     clients = sample_clients(seed, round, len(parts), per_round)
@@ -80,10 +100,10 @@ def run_round(
     ctx = RoundContext(round, len(clients))
     device = next(iter(weights.values())).device
 
-    jobs, bytes_down = [], 0
+    jobs, downs = [], []
     for cid, view in zip(clients, views, strict=True):
         payload = compressor.encode_down(cid, view.extract(weights), view)
-        bytes_down += len(payload)
+        downs.append(len(payload))
         start = to_device(compressor.decode_down(cid, payload, view), device)
         jobs.append(LocalJob(cid, view.units, start, parts[cid], client_seed(seed, round, cid)))
 
@@ -94,27 +114,43 @@ def run_round(
     updates = [update_of(job, res) for job, res in zip(jobs, results, strict=True)]
     payloads = encode_up_many(compressor, clients, updates, views, ctx)
     del updates  # the round's uploads are bytes now
-    received = [
+    sizes = [r.num_samples for r in results]
+    records = [
+        ClientRecord(cid, down, len(up), n, dict(view.units))
+        for cid, down, up, n, view in zip(clients, downs, payloads, sizes, views, strict=True)
+    ]
+    dropped = drop(records) if drop is not None else set()
+    for rec in records:
+        if rec.client in dropped:
+            rec.bytes_up, rec.dropped = 0, True
+    # every payload is decoded (a compressor may expect each encoded upload to be decoded:
+    # guard.SkipUplink does), the dropped ones are then discarded unused
+    decoded = [
         to_device(compressor.decode_up(cid, payload, view), device)
         for cid, payload, view in zip(clients, payloads, views, strict=True)
     ]
+    kept = [i for i, cid in enumerate(clients) if cid not in dropped]
+    received = [decoded[i] for i in kept]
+    del decoded
     losses = [r.loss for r in results]
-    sizes = [r.num_samples for r in results]
     mean = MaskedMean(weights)
-    mean.add_many(views, received, sizes)
+    mean.add_many([views[i] for i in kept], received, [sizes[i] for i in kept])
     server_step = getattr(compressor, "apply_aggregate", None)  # e.g. server momentum
     if server_step is None:
         mean.apply_(weights)
     else:
         server_step(mean.delta(), weights)
 
-    strategy.observe(round, clients, losses, sizes)
+    strategy.observe(
+        round, [clients[i] for i in kept], [losses[i] for i in kept], [sizes[i] for i in kept]
+    )
     return RoundResult(
         clients=clients,
-        bytes_down=bytes_down,
-        bytes_up=sum(len(p) for p in payloads),
+        bytes_down=sum(r.bytes_down for r in records),
+        bytes_up=sum(r.bytes_up for r in records),
         train_loss=float(np.average(losses, weights=sizes)),
         keep_fraction=float(np.mean([v.num_kept(weights) for v in views])) / full_size,
         compressor_stats=compressor.end_round(),
         train_s=train_s,
+        records=records,
     )

@@ -6,14 +6,16 @@ the config columns of ``metrics.csv``. Runs are grouped by everything but the se
 core keys (dataset, model, partition, strategy, compression) plus any other config key whose
 value differs between runs that share those five (e.g. ``strategy.rate`` in a rate sweep).
 
-Per configuration: final and best accuracy (mean ± std over seeds), rounds and MB (up + down)
-to reach a target accuracy, total MB up/down, and the reduction factor against FedAvg with no
-compression of the same setting. Outputs: ``summary.csv``, ``report.md``, ``all_metrics.csv``
-and the PNG figures of ``plots.FIGURES`` (accuracy vs round, accuracy vs cumulative MB).
+Per configuration: final and best accuracy (mean ± std over seeds), rounds, MB (up + down) and
+simulated hours to reach a target accuracy, total MB up/down, and the reduction factors (bytes,
+convergence time) against FedAvg with no compression of the same setting. Outputs:
+``summary.csv``, ``report.md``, ``all_metrics.csv`` and the PNG figures of ``plots.FIGURES``
+(accuracy vs round, vs cumulative MB, vs simulated hours).
 
-Where things live: ``load`` (reading run dirs, --rounds), ``group`` (grouping over seeds,
-targets, reduction), ``tables`` (Markdown and terminal tables), ``plots`` (one function per
-figure), ``common`` (shared records and constants). This module ties them together.
+Where things live: ``load`` (reading run dirs, --rounds), ``retime`` (--network: the runs'
+clock under another profile), ``group`` (grouping over seeds, targets, reductions), ``tables``
+(Markdown and terminal tables), ``plots`` (one function per figure), ``common`` (shared records
+and constants). This module ties them together.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from .common import CORE_KEYS, Report, ReportError, Run, constant_keys
 from .group import analyse, grouping_keys
 from .load import find_metrics, load_runs, read_config, read_metrics
 from .plots import FIGURES, PLOTS, plot
-from .tables import markdown, rich_table, table_rows
+from .retime import retime_runs
+from .tables import markdown, network_markdown, network_table_rows, rich_table, table_rows
 
 __all__ = [
     "CORE_KEYS",
@@ -42,9 +45,12 @@ __all__ = [
     "grouping_keys",
     "load_runs",
     "markdown",
+    "network_markdown",
+    "network_table_rows",
     "plot",
     "read_config",
     "read_metrics",
+    "retime_runs",
     "rich_table",
     "table_rows",
     "write",
@@ -73,18 +79,25 @@ def build(
     target: float | None = None,
     warn: Callable[[str], Any] | None = None,
     rounds: int | None = None,
+    network_for: Callable[[dict[str, Any]], Any] | None = None,
+    clock_note: str = "",
 ) -> Report:
     """Load, check and analyse the runs under ``paths`` (raises ReportError on bad input).
 
     ``rounds`` cuts every run at that round, so runs of different lengths (or one long run)
     are compared "after the same rounds"; runs that stop earlier are kept, with a warning.
+    ``network_for`` (``--network``) maps a run's config to the network config to re-time it
+    with (:mod:`.retime`); ``clock_note`` says so in the report.
     """
     if target is not None and not 0 < target <= 1:
         raise ReportError(f"--target={target} is out of range; expected an accuracy in (0, 1]")
     if rounds is not None and rounds < 1:
         raise ReportError(f"--rounds={rounds} is out of range; expected an integer >= 1")
     runs, messages = load_runs(paths, warn, rounds)
+    if network_for is not None:
+        runs = retime_runs(runs, network_for)
     report = analyse(runs, target)
+    report.clock_note = clock_note
     if rounds is not None:
         report.target_note += f"; runs cut at round {rounds} (--rounds)"
     report.warnings = messages

@@ -24,6 +24,7 @@ REQUIRED_COLUMNS = ("round", "test_acc", "cum_bytes_down", "cum_bytes_up")
 BASELINE = {"strategy": "fedavg", "compression": "none"}
 DEFAULT_TARGET_SHARE = 0.99
 MB = 1e6
+HOUR = 3600.0  # simulated seconds per hour (the time columns and figure)
 
 
 class ReportError(ValueError):
@@ -48,6 +49,7 @@ class Report:
     runs: list[Run]
     target_note: str
     warnings: list[str] = field(default_factory=list)
+    clock_note: str = ""  # how the simulated times were made, e.g. "re-timed (--network lte)"
 
 
 def constant_keys(report: Report) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""Grouping runs over seeds and the per-configuration numbers: final / best accuracy, rounds
-and MB to the target accuracy, and the reduction against FedAvg with no compression.
+"""Grouping runs over seeds and the per-configuration numbers: final / best accuracy, rounds,
+MB and simulated hours to the target accuracy, and the reductions (bytes and convergence time)
+against FedAvg with no compression.
 
 Runs are grouped by everything but the seed: the five core keys (dataset, model, partition,
 strategy, compression) plus any other config key whose value differs between runs that share
@@ -15,7 +16,16 @@ from typing import Any
 
 import pandas as pd
 
-from .common import BASELINE, CORE_KEYS, DEFAULT_TARGET_SHARE, MB, Report, ReportError, Run
+from .common import (
+    BASELINE,
+    CORE_KEYS,
+    DEFAULT_TARGET_SHARE,
+    HOUR,
+    MB,
+    Report,
+    ReportError,
+    Run,
+)
 
 
 def grouping_keys(runs: Sequence[Run]) -> list[str]:
@@ -53,6 +63,8 @@ def _run_stats(df: pd.DataFrame, target: float | None) -> dict[str, Any]:
         "mb_total": float(last["cum_bytes_up"] + last["cum_bytes_down"]) / MB,
         "rounds_to_target": math.nan,
         "mb_to_target": math.nan,
+        "sim_h": _hours(last.get("sim_time_s")),
+        "h_to_target": math.nan,
     }
     if target is not None and not math.isnan(target):
         hit = evaluated[evaluated["test_acc"] >= target - 1e-12]
@@ -60,7 +72,16 @@ def _run_stats(df: pd.DataFrame, target: float | None) -> dict[str, Any]:
             first = hit.iloc[0]
             out["rounds_to_target"] = int(first["round"])
             out["mb_to_target"] = float(first["cum_bytes_up"] + first["cum_bytes_down"]) / MB
+            out["h_to_target"] = _hours(first.get("sim_time_s"))
     return out
+
+
+def _hours(seconds: Any) -> float:
+    """Simulated seconds -> hours; NaN where the run has no clock (network=none, older runs)."""
+    try:
+        return float(seconds) / HOUR
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def _best_of_mean_curve(members: Sequence[Run]) -> float:
@@ -153,6 +174,10 @@ def analyse(runs: Sequence[Run], target: float | None = None) -> Report:
             mb_down_mean=float(stats["mb_down"].mean()),
             mb_total_mean=float(stats["mb_total"].mean()),
             mb_total_std=_std(stats["mb_total"]),
+            timed=int(stats["sim_h"].notna().sum()),
+            hours_to_target_mean=float(stats["h_to_target"].mean()),
+            hours_to_target_std=_std(stats["h_to_target"]),
+            sim_hours_mean=float(stats["sim_h"].mean()),
             runs=" ".join(str(m.path) for m in members),
         )
         row["_baseline"] = base
@@ -160,23 +185,28 @@ def analyse(runs: Sequence[Run], target: float | None = None) -> Report:
         rows.append(row)
     summary = pd.DataFrame(rows)
 
-    # Reduction factor against the baseline of the same setting: MB to target when both
-    # reached it with every seed, else total MB.
+    # Reduction factors against the baseline of the same setting, in bytes and in simulated
+    # time: to the target when every seed of both reached it, else of the totals.
     by_gkey = {r["_gkey"]: r for r in rows}
-    reduction, basis = [], []
-    for r in rows:
-        b = by_gkey.get(r["_baseline"]) if r["_baseline"] is not None else None
-        if b is None:
-            reduction.append(math.nan)
-            basis.append("")
-        elif r["reached"] == r["seeds"] and b["reached"] == b["seeds"]:
-            reduction.append(b["mb_to_target_mean"] / r["mb_to_target_mean"])
-            basis.append("to target")
-        else:
-            reduction.append(b["mb_total_mean"] / r["mb_total_mean"])
-            basis.append("total")
-    summary["reduction"] = reduction
-    summary["reduction_basis"] = basis
+    for kind, to_target, total in (
+        ("reduction", "mb_to_target_mean", "mb_total_mean"),
+        ("time_reduction", "hours_to_target_mean", "sim_hours_mean"),
+    ):
+        values, basis = [], []
+        for r in rows:
+            b = by_gkey.get(r["_baseline"]) if r["_baseline"] is not None else None
+            untimed = r["timed"] < r["seeds"] or b is None or b["timed"] < b["seeds"]
+            if b is None or (kind == "time_reduction" and untimed):
+                values.append(math.nan)
+                basis.append("")
+            elif r["reached"] == r["seeds"] and b["reached"] == b["seeds"]:
+                values.append(b[to_target] / r[to_target])
+                basis.append("to target")
+            else:
+                values.append(b[total] / r[total])
+                basis.append("total")
+        summary[kind] = values
+        summary[f"{kind}_basis"] = basis
     summary = summary.drop(columns=["_baseline", "_gkey"])
     summary = _order(summary, keys)
 

@@ -1,7 +1,9 @@
 """Report figures: one drawing function per figure, listed in ``FIGURES`` (file name -> function).
 
 Adding a figure: write a function that draws on one matplotlib Axes from the ``Report`` and
-add it to ``FIGURES``; ``afd report`` saves it as a PNG and links it from ``report.md``.
+add it to ``FIGURES``; ``afd report`` saves it as a PNG and links it from ``report.md``. A
+figure listed in ``NEEDS`` is drawn only when the runs have that column (the time figure needs
+the simulated clock's ``sim_time_s``).
 Matplotlib is imported only when figures are drawn (it is slow to import).
 """
 
@@ -15,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .common import MB, Report, constant_keys
+from .common import HOUR, MB, Report, constant_keys
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -26,8 +28,9 @@ _LINESTYLES = {"none": "-", "dgc": "--", "topk": ":", "fp16": "-.", "q8": (0, (5
 
 
 def _accuracy_vs(x: str, xlabel: str) -> Draw:
-    """Test accuracy against ``x`` ("round" or "mb", log scale): a line per configuration
-    (mean over seeds) with the min-max band over seeds, and the target accuracies."""
+    """Test accuracy against ``x`` ("round", or "mb" / "hours" on a log scale): a line per
+    configuration (x and accuracy averaged over seeds) with the min-max band over seeds, and
+    the target accuracies."""
 
     def draw(report: Report, ax: Axes) -> None:
         from matplotlib import pyplot as plt
@@ -35,6 +38,7 @@ def _accuracy_vs(x: str, xlabel: str) -> Draw:
 
         c = report.curves[report.curves["test_acc"].notna()].copy()
         c["cum_mb"] = (c["cum_bytes_up"] + c["cum_bytes_down"]) / MB
+        c["sim_h"] = c["sim_time_s"] / HOUR if "sim_time_s" in c else np.nan
         agg = (
             c.groupby(["config", "round"], sort=False)
             .agg(
@@ -42,6 +46,7 @@ def _accuracy_vs(x: str, xlabel: str) -> Draw:
                 lo=("test_acc", "min"),
                 hi=("test_acc", "max"),
                 mb=("cum_mb", "mean"),
+                hours=("sim_h", "mean"),
             )
             .reset_index()
         )
@@ -54,7 +59,7 @@ def _accuracy_vs(x: str, xlabel: str) -> Draw:
             colour_of.setdefault(ck, cmap(len(colour_of) % 10))
         targets = sorted(set(np.round(s["target_acc"].dropna(), 6)))
         for _, r in s.iterrows():
-            d = agg[agg["config"] == r["config"]].sort_values("round")
+            d = agg[agg["config"] == r["config"]].sort_values("round").dropna(subset=[x])
             if d.empty:
                 continue
             colour = colour_of[tuple(str(r[k]) for k in colour_keys)]
@@ -73,13 +78,17 @@ def _accuracy_vs(x: str, xlabel: str) -> Draw:
                 fontsize=7,
                 color="grey",
             )
-        if x == "mb":
+        if x in ("mb", "hours"):
             ax.set_xscale("log")
             ax.xaxis.set_major_formatter(FuncFormatter(_plain_number))
             ax.xaxis.set_minor_formatter(FuncFormatter(_minor_label))
         else:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel(xlabel)
+        label = xlabel
+        if x == "hours":
+            profiles = sorted({str(r.config.get("network.name", "?")) for r in report.runs})
+            label += f"; network={', '.join(profiles)}"
+        ax.set_xlabel(label)
         ax.set_ylabel("test accuracy")
         const = ", ".join(str(v) for v in constant_keys(report).values())
         ax.set_title(f"{const}: mean over seeds, band = min–max", fontsize=10)
@@ -90,7 +99,7 @@ def _accuracy_vs(x: str, xlabel: str) -> Draw:
 
 
 def _plain_number(v: float, _pos: Any = None) -> str:
-    return f"{v:,.0f}" if v >= 10 else f"{v:g}"
+    return f"{v:,.0f}" if v >= 10 else f"{v:.3g}"
 
 
 def _minor_label(v: float, _pos: Any = None) -> str:
@@ -102,8 +111,20 @@ def _minor_label(v: float, _pos: Any = None) -> str:
 FIGURES: dict[str, Draw] = {
     "accuracy_vs_round.png": _accuracy_vs("round", "round"),
     "accuracy_vs_mb.png": _accuracy_vs("mb", "cumulative MB exchanged (up + down, log scale)"),
+    "accuracy_vs_time.png": _accuracy_vs(
+        "hours", "simulated hours (network + device clock, log scale)"
+    ),
 }
 PLOTS = tuple(FIGURES)
+NEEDS = {"accuracy_vs_time.png": "sim_time_s"}  # figure -> the column it cannot do without
+
+
+def drawable(report: Report) -> list[str]:
+    """The figures of ``FIGURES`` that the report's runs have data for."""
+    c = report.curves
+    return [
+        f for f in FIGURES if f not in NEEDS or (NEEDS[f] in c and bool(c[NEEDS[f]].notna().any()))
+    ]
 
 
 def plot(report: Report, out_dir: Path) -> list[Path]:
@@ -114,7 +135,8 @@ def plot(report: Report, out_dir: Path) -> list[Path]:
     from matplotlib import pyplot as plt
 
     paths = []
-    for fname, draw in FIGURES.items():
+    for fname in drawable(report):
+        draw = FIGURES[fname]
         fig, ax = plt.subplots(figsize=(9.5, 5), dpi=110)
         draw(report, ax)
         fig.tight_layout()

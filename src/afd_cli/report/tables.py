@@ -1,5 +1,8 @@
 """The human-readable tables: one row per configuration, as Markdown (``report.md``) and as a
-rich table for the terminal (compact: keys constant over the report are shown once)."""
+rich table for the terminal (compact: keys constant over the report are shown once).
+
+The simulated-time columns (hours to target, time reduction) appear when some run has a clock
+(``sim_time_s``; not with ``network=none`` or runs older than the clock)."""
 
 from __future__ import annotations
 
@@ -19,10 +22,33 @@ def _pm(mean: float, std: float, fmt: str) -> str:
     return s
 
 
+def has_clock(report: Report) -> bool:
+    """Whether any configuration has simulated times (the time columns are shown)."""
+    return bool((report.summary.get("timed", 0) > 0).any())
+
+
+def _reduction(value: float, basis: str) -> str:
+    if math.isnan(value):
+        return "–"
+    return f"{value:.2f}" + (" (total)" if basis == "total" else "")
+
+
+def _to_target(r, mean: str, std: str, fmt: str) -> str:
+    """A "to target" cell: mean ± std over the seeds that reached it, or "not reached"."""
+    n, hit = int(r["seeds"]), int(r["reached"])
+    if hit == 0:
+        return "not reached"
+    if math.isnan(r[mean]):
+        return "–"
+    cell = _pm(r[mean], r[std], fmt)
+    return cell + (f" ({hit}/{n} seeds)" if hit < n else "")
+
+
 def table_rows(report: Report, compact: bool = False) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the human-readable table (shared by Markdown and rich).
 
     ``compact`` (the terminal) leaves out keys constant over the report, rounds and target.
+    The first :func:`key_columns` columns are text, the others numbers.
     """
     s = report.summary
     const = constant_keys(report)
@@ -30,6 +56,7 @@ def table_rows(report: Report, compact: bool = False) -> tuple[list[str], list[l
         "strategy",
         "compression",
     ]
+    clock = has_clock(report)
     header = [
         *shown_keys,
         "seeds",
@@ -39,25 +66,15 @@ def table_rows(report: Report, compact: bool = False) -> tuple[list[str], list[l
         *([] if compact else ["target %"]),
         "rounds to target",
         "MB to target",
+        *(["hours to target"] if clock else []),
         "MB up",
         "MB down",
         "reduction ×",
+        *(["time ×"] if clock else []),
     ]
     rows = []
     for _, r in s.iterrows():
-        n, hit = int(r["seeds"]), int(r["reached"])
-        if hit == 0:
-            rounds_t = mb_t = "not reached"
-        else:
-            rounds_t = _pm(r["rounds_to_target_mean"], r["rounds_to_target_std"], ".1f")
-            mb_t = _pm(r["mb_to_target_mean"], r["mb_to_target_std"], ",.1f")
-            if hit < n:
-                rounds_t += f" ({hit}/{n} seeds)"
-                mb_t += f" ({hit}/{n} seeds)"
-        if math.isnan(r["reduction"]):
-            red = "–"
-        else:
-            red = f"{r['reduction']:.2f}" + (" (total)" if r["reduction_basis"] == "total" else "")
+        n = int(r["seeds"])
         rows.append(
             [
                 *(str(r[k]) for k in shown_keys),
@@ -66,14 +83,31 @@ def table_rows(report: Report, compact: bool = False) -> tuple[list[str], list[l
                 _pm(100 * r["final_acc_mean"], 100 * r["final_acc_std"], ".2f"),
                 _pm(100 * r["best_acc_mean"], 100 * r["best_acc_std"], ".2f"),
                 *([] if compact else [f"{100 * r['target_acc']:.2f}"]),
-                rounds_t,
-                mb_t,
+                _to_target(r, "rounds_to_target_mean", "rounds_to_target_std", ".1f"),
+                _to_target(r, "mb_to_target_mean", "mb_to_target_std", ",.1f"),
+                *(
+                    [_to_target(r, "hours_to_target_mean", "hours_to_target_std", _hours_fmt(r))]
+                    if clock
+                    else []
+                ),
                 f"{r['mb_up_mean']:,.1f}",
                 f"{r['mb_down_mean']:,.1f}",
-                red,
+                _reduction(r["reduction"], r["reduction_basis"]),
+                *([_reduction(r["time_reduction"], r["time_reduction_basis"])] if clock else []),
             ]
         )
     return header, rows
+
+
+def _hours_fmt(r) -> str:
+    """Two decimals from an hour up; three significant digits below (short test runs)."""
+    h = r["hours_to_target_mean"]
+    return ",.2f" if math.isnan(h) or h >= 1 else ".3g"
+
+
+def key_columns(header: list[str]) -> int:
+    """How many leading columns of a :func:`table_rows` header are text (the config keys)."""
+    return header.index("seeds")
 
 
 def markdown(report: Report, plots: Iterable[str] = PLOTS) -> str:
@@ -89,10 +123,21 @@ def markdown(report: Report, plots: Iterable[str] = PLOTS) -> str:
         f'{report.target_note}. "not reached": no seed reached it.',
         "Reduction ×: MB to target of fedavg + none divided by this configuration's (both "
         "reached by every seed), else the ratio of total MB up + down, marked (total).",
+        *(
+            [
+                "Hours to target: simulated hours (network.* clock) at that round; time ×: "
+                "the same reduction in simulated time to target (else total time). "
+                f"Clock: {_clock_note(report)}.",
+            ]
+            if has_clock(report)
+            else []
+        ),
         "Diverged: runs stopped by a non-finite loss or update; their rounds before it count.",
         "",
         "| " + " | ".join(header) + " |",
-        "|" + "|".join("---" if i < len(header) - 9 else "--:" for i in range(len(header))) + "|",
+        "|"
+        + "|".join("---" if i < key_columns(header) else "--:" for i in range(len(header)))
+        + "|",
     ]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines.append("")
@@ -107,7 +152,7 @@ def rich_table(report: Report):
     from rich.table import Table
 
     header, rows = table_rows(report, compact=True)
-    n_text = len(header) - 7
+    n_text = key_columns(header)
     const = ", ".join(f"{k}={v}" for k, v in constant_keys(report).items())
     targets = sorted(set(report.summary["target_acc"].round(4)))
     tgt = ", ".join(f"{100 * t:.2f}%" for t in targets)
@@ -122,3 +167,57 @@ def rich_table(report: Report):
     for r in rows:
         table.add_row(*r)
     return table
+
+
+def _clock_note(report: Report) -> str:
+    """The network profiles behind the report's simulated times, e.g. ``network=lte``."""
+    names = sorted({str(r.config.get("network.name", "?")) for r in report.runs})
+    return ", ".join(f"network={n}" for n in names) + (
+        f"; {report.clock_note}" if report.clock_note else ""
+    )
+
+
+NETWORK_BASE = ("seeds", "final acc %", "rounds to target", "MB to target", "reduction ×")
+
+
+def network_table_rows(reports: dict[str, Report]) -> tuple[list[str], list[list[str]]]:
+    """One row per configuration with the simulated time to target and the time reduction
+    under each network profile side by side (``afd report --network a,b``): the runs are the
+    same in every report, only their clock differs, so the other columns are shared."""
+    first = next(iter(reports.values()))
+    header, rows = table_rows(first, compact=True)
+    labels = list(first.summary["config"])
+    cols = [*range(key_columns(header)), *(header.index(c) for c in NETWORK_BASE)]
+    out_header = [header[i] for i in cols]
+    out_rows = [[r[i] for i in cols] for r in rows]
+    for name, report in reports.items():
+        if list(report.summary["config"]) != labels:
+            raise ValueError("the reports of one --network list must hold the same runs")
+        h, rs = table_rows(report, compact=True)
+        out_header += [f"hours to target ({name})", f"time × ({name})"]
+        for line, r in zip(out_rows, rs, strict=True):
+            line += [r[h.index("hours to target")], r[h.index("time ×")]]
+    return out_header, out_rows
+
+
+def network_markdown(reports: dict[str, Report]) -> str:
+    """The side-by-side table as Markdown, with what its numbers mean."""
+    header, rows = network_table_rows(reports)
+    first = next(iter(reports.values()))
+    const = ", ".join(f"{k}={v}" for k, v in constant_keys(first).items())
+    lines = [
+        f"# Convergence time under {len(reports)} network profiles: {const}",
+        "",
+        f"{len(first.runs)} runs; mean ± std over seeds. {first.target_note}. Hours: simulated "
+        "(network + device clock) at the first round at or above the target; time × = fedavg + "
+        "none's hours to target ÷ this configuration's (else of total time, marked (total)). "
+        "Each profile's full report is in its own directory.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|"
+        + "|".join("---" if i < key_columns(header) else "--:" for i in range(len(header)))
+        + "|",
+        *("| " + " | ".join(r) + " |" for r in rows),
+        "",
+    ]
+    return "\n".join(lines)
