@@ -12,6 +12,11 @@ it is a GPU, else on the host). The loop moves what a compressor decodes onto th
 neither side needs to know where the other runs. Uploads are encoded for the whole round at
 once and aggregated with one :meth:`MaskedMean.add_many`, so a batched engine can do both as
 stacked ``[C, ...]`` operations.
+
+A *team* says which of the round's clients this process trains and gathers every process's
+:class:`Uploads`; alone (:class:`Solo`, the default) that is all of them and nothing to gather.
+Under torchrun (:mod:`.distributed`) each process encodes, trains and uploads its own clients,
+and every process then decodes and aggregates all uploads in client order, as one process does.
 """
 
 from __future__ import annotations
@@ -39,6 +44,35 @@ class RoundResult:
     keep_fraction: float  # parameters sent / full-model parameters, averaged over clients
     compressor_stats: dict[str, float]
     train_s: float  # wall seconds of local training (the rest is codec + aggregation)
+
+
+@dataclass
+class Uploads:
+    """What the server holds once a round's clients are done: one entry per client, in order
+    (a distributed run gathers them from every process)."""
+
+    clients: list[int]
+    payloads: list[bytes]  # the encoded uploads, exactly what goes on the wire
+    losses: list[float]
+    sizes: list[int]  # local samples (the aggregation weights)
+    bytes_down: list[int]  # len() of each client's download
+    seconds: list[float]  # each client's local training, wall seconds
+    train_s: float  # wall seconds of the round's local training (the slowest process)
+
+
+class Solo:
+    """The team of one process: it trains every client and has nothing to gather."""
+
+    def mine(self, clients: list[int]) -> list[int]:
+        """Positions in ``clients`` of the clients this process trains."""
+        return list(range(len(clients)))
+
+    def gather(self, ups: Uploads) -> Uploads:
+        """Every process's uploads of the round, merged in client order."""
+        return ups
+
+
+SOLO = Solo()
 
 
 def sample_clients(seed: int, round: int, num_clients: int, per_round: int) -> list[int]:
@@ -73,6 +107,7 @@ def run_round(
     trainer,
     full_size: int,
     on_client_done=None,
+    team: Solo = SOLO,
 ) -> RoundResult:
     """Run one round in place on ``weights`` (the global model) and report what it cost."""
     clients = sample_clients(seed, round, len(parts), per_round)
@@ -80,10 +115,11 @@ def run_round(
     ctx = RoundContext(round, len(clients))
     device = next(iter(weights.values())).device
 
-    jobs, bytes_down = [], 0
-    for cid, view in zip(clients, views, strict=True):
+    mine = team.mine(clients)
+    jobs, down = [], []
+    for cid, view in ((clients[i], views[i]) for i in mine):
         payload = compressor.encode_down(cid, view.extract(weights), view)
-        bytes_down += len(payload)
+        down.append(len(payload))
         start = to_device(compressor.decode_down(cid, payload, view), device)
         jobs.append(LocalJob(cid, view.units, start, parts[cid], client_seed(seed, round, cid)))
 
@@ -92,14 +128,25 @@ def run_round(
     train_s = time.perf_counter() - t_train
 
     updates = [update_of(job, res) for job, res in zip(jobs, results, strict=True)]
-    payloads = encode_up_many(compressor, clients, updates, views, ctx)
+    own = [job.client for job in jobs]
+    payloads = encode_up_many(compressor, own, updates, [views[i] for i in mine], ctx)
     del updates  # the round's uploads are bytes now
+    ups = team.gather(
+        Uploads(
+            own,
+            payloads,
+            [r.loss for r in results],
+            [r.num_samples for r in results],
+            down,
+            [r.seconds for r in results],
+            train_s,
+        )
+    )
     received = [
         to_device(compressor.decode_up(cid, payload, view), device)
-        for cid, payload, view in zip(clients, payloads, views, strict=True)
+        for cid, payload, view in zip(clients, ups.payloads, views, strict=True)
     ]
-    losses = [r.loss for r in results]
-    sizes = [r.num_samples for r in results]
+    losses, sizes = ups.losses, ups.sizes
     mean = MaskedMean(weights)
     mean.add_many(views, received, sizes)
     mean.apply_(weights)
@@ -107,10 +154,10 @@ def run_round(
     strategy.observe(round, clients, losses, sizes)
     return RoundResult(
         clients=clients,
-        bytes_down=bytes_down,
-        bytes_up=sum(len(p) for p in payloads),
+        bytes_down=sum(ups.bytes_down),
+        bytes_up=sum(len(p) for p in ups.payloads),
         train_loss=float(np.average(losses, weights=sizes)),
         keep_fraction=float(np.mean([v.num_kept(weights) for v in views])) / full_size,
         compressor_stats=compressor.end_round(),
-        train_s=train_s,
+        train_s=ups.train_s,
     )
