@@ -3,6 +3,9 @@
 Outputs in the run directory: ``metrics.csv`` (a row per round), ``partition.csv`` (per-client
 sizes and label histograms), ``checkpoint.pt`` (global model + strategy/compressor state, for
 resume), ``summary.json`` (written last: its presence marks a finished run).
+
+Under torchrun (:mod:`.federated.distributed`) every process runs this with its share of the
+clients, and only rank 0 reads and writes the run directory.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +23,10 @@ import torch
 
 from . import compression, data, models, registry, strategies
 from .config import ConfigError, RootConfig
+from .federated import distributed
 from .federated.client import Evaluator, LocalSGD, SequentialTrainer, Trainer
 from .federated.guard import SKIP, STOP, Diverged, FiniteGuard, SkipObserve, SkipUplink, all_finite
-from .federated.round import RoundResult, run_round
+from .federated.round import SOLO, RoundResult, Solo, run_round
 from .metrics import MetricsWriter, RoundProgress, intact_rows, write_json_atomic
 
 CHECKPOINT = "checkpoint.pt"
@@ -92,6 +96,7 @@ class Simulation:
     strategy: Any
     compressor: Any
     trainer: Trainer
+    team: Solo = field(default=SOLO)  # the processes of a torchrun run share the clients
 
     def __post_init__(self) -> None:
         self.train = self.trainer.data
@@ -101,12 +106,14 @@ class Simulation:
         ]
         self.weights = {k: p.data for k, p in self.model.named_parameters()}
         self.full_size = models.num_params(self.model)
-        self.evaluate = Evaluator(
-            self.model,
-            self.test,
-            self.cfg.schedule.eval_batch_size,
-            self.cfg.precision,
-            workers=cpu_workers(self.cfg),
+        self.evaluate = distributed.evaluator(
+            Evaluator(
+                self.model,
+                self.test,
+                self.cfg.schedule.eval_batch_size,
+                self.cfg.precision,
+                workers=cpu_workers(self.cfg),
+            )
         )
 
     def new_model(self) -> models.FLModel:
@@ -133,6 +140,7 @@ class Simulation:
             trainer=self.trainer,
             full_size=self.full_size,
             on_client_done=on_client_done,
+            team=self.team,
         )
         if not bool(all_finite(list(self.weights.values()))):
             raise Diverged(
@@ -208,7 +216,8 @@ def build(cfg: RootConfig, ds: data.FederatedDataset | None = None) -> Simulatio
     strategy = strategies.build(cfg.strategy, model, cfg.seed)
     compressor = compression.build(cfg.compression, shapes=shapes, seed=cfg.seed, device=device)
     if cfg.on_nonfinite == SKIP:  # skipped clients: no upload, no score-map update
-        strategy, compressor = SkipObserve(strategy, guard), SkipUplink(compressor, guard)
+        strategy, compressor = SkipObserve(strategy, guard), SkipUplink(compressor, guard, shapes)
+    team, compressor = distributed.team(guard, compressor, device)
     return Simulation(
         cfg=cfg,
         device=device,
@@ -218,20 +227,23 @@ def build(cfg: RootConfig, ds: data.FederatedDataset | None = None) -> Simulatio
         strategy=strategy,
         compressor=compressor,
         trainer=guard,
+        team=team,
     )
 
 
 def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
     """Run (or resume) the experiment in ``run_dir``; return the summary."""
     t_start = time.perf_counter()
-    if cfg.progress != "none":  # loading (and verifying) a dataset can take seconds
+    lead = distributed.is_lead()  # the one process that reads and writes run_dir
+    if cfg.progress != "none" and lead:  # loading (and verifying) a dataset can take seconds
         print(f"loading {cfg.dataset.name} ...", flush=True)
     sim = build(cfg)
     ds, device, weights = sim.ds, sim.device, sim.weights
     strategy, compressor, test, full_size = sim.strategy, sim.compressor, sim.test, sim.full_size
-    data.partition_table(sim.parts, ds.train.labels.cpu().numpy(), ds.num_classes).to_csv(
-        run_dir / "partition.csv", index=False
-    )
+    if lead:
+        data.partition_table(sim.parts, ds.train.labels.cpu().numpy(), ds.num_classes).to_csv(
+            run_dir / "partition.csv", index=False
+        )
     s, m, parts = cfg.schedule, cfg.model, sim.parts
 
     state = {
@@ -244,28 +256,7 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
         "elapsed": 0.0,
     }
     ckpt_path = run_dir / CHECKPOINT
-    ckpt = load_checkpoint(ckpt_path) if cfg.resume and ckpt_path.exists() else None
-    if ckpt is not None:
-        differ = config_differences(ckpt["config"], _comparable(cfg))
-        if differ:
-            raise ConfigError(
-                f"{run_dir} holds a run with other {', '.join(differ)}; use a new "
-                f"hydra.run.dir, or start over with: afd resume {run_dir} --from-scratch"
-            )
-        done = ckpt["state"]["round"]
-        intact = len(intact_rows(run_dir / "metrics.csv", done))
-        if intact < done:
-            # rows intact..done are damaged or gone and the checkpoint holds only round `done`:
-            # rounds are seeded by (seed, round), so running again from round 1 restores them
-            lost = f"round {done}" if intact + 1 == done else f"rounds {intact + 1}-{done}"
-            print(
-                f"note: {run_dir / 'metrics.csv'} holds {intact} intact rounds but "
-                f"{ckpt_path} is at round {done}; recomputing from round 1 to restore "
-                f"{lost} exactly",
-                file=sys.stderr,
-                flush=True,
-            )
-            ckpt = None
+    ckpt = distributed.from_lead(lambda: resume_point(cfg, run_dir), "reading the checkpoint")
     if ckpt is not None:
         with torch.no_grad():
             for k, w in weights.items():
@@ -273,8 +264,9 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
         strategy.load_state_dict(ckpt["strategy"])
         compressor.load_state_dict(ckpt["compressor"])
         state = ckpt["state"]
-    writer = MetricsWriter(run_dir / "metrics.csv", keep_rounds=state["round"])
-    progress = RoundProgress(s.rounds, s.clients_per_round, cfg.progress, start=state["round"])
+    writer = MetricsWriter(run_dir / "metrics.csv", keep_rounds=state["round"]) if lead else None
+    shown = cfg.progress if lead else "none"
+    progress = RoundProgress(s.rounds, s.clients_per_round, shown, start=state["round"])
     try:
         for t in range(state["round"], s.rounds):
             t0 = time.perf_counter()
@@ -321,18 +313,21 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
                 "train_s": r.train_s,
                 "eval_s": eval_s,
             }
-            writer.write(row)
+            if writer is not None:
+                writer.write(row)
             state["elapsed"] += row["wall_s"]
             if state["round"] % cfg.checkpoint_every == 0 or state["round"] == s.rounds:
                 t_ckpt = time.perf_counter()
-                _save_checkpoint(ckpt_path, cfg, weights, strategy, compressor, state)
+                path = ckpt_path if lead else None  # every process hands in its clients' state
+                _save_checkpoint(path, cfg, weights, strategy, compressor, state)
                 state["checkpoint_s"] = state.get("checkpoint_s", 0.0) + (
                     time.perf_counter() - t_ckpt
                 )
             progress.round_done(row)
     finally:
         progress.close()
-        writer.close()
+        if writer is not None:
+            writer.close()
 
     summary = {
         "rounds": state["round"],
@@ -350,10 +345,41 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
         "majority_baseline": majority_share(test.labels),
         "compressor_state_bytes": compressor.state_nbytes(),
         "device": str(device),
+        "processes": distributed.size(),
         "config": asdict(cfg),
     }
-    write_json_atomic(run_dir / "summary.json", summary)
+    if lead:
+        write_json_atomic(run_dir / "summary.json", summary)
     return summary
+
+
+def resume_point(cfg: RootConfig, run_dir: Path) -> dict[str, Any] | None:
+    """The checkpoint to continue from (``resume`` and one in ``run_dir``), or None to start
+    at round 1: refused (ConfigError) if it holds another run."""
+    ckpt_path = run_dir / CHECKPOINT
+    ckpt = load_checkpoint(ckpt_path) if cfg.resume and ckpt_path.exists() else None
+    if ckpt is not None:
+        differ = config_differences(ckpt["config"], _comparable(cfg))
+        if differ:
+            raise ConfigError(
+                f"{run_dir} holds a run with other {', '.join(differ)}; use a new "
+                f"hydra.run.dir, or start over with: afd resume {run_dir} --from-scratch"
+            )
+        done = ckpt["state"]["round"]
+        intact = len(intact_rows(run_dir / "metrics.csv", done))
+        if intact < done:
+            # rows intact..done are damaged or gone and the checkpoint holds only round `done`:
+            # rounds are seeded by (seed, round), so running again from round 1 restores them
+            lost = f"round {done}" if intact + 1 == done else f"rounds {intact + 1}-{done}"
+            print(
+                f"note: {run_dir / 'metrics.csv'} holds {intact} intact rounds but "
+                f"{ckpt_path} is at round {done}; recomputing from round 1 to restore "
+                f"{lost} exactly",
+                file=sys.stderr,
+                flush=True,
+            )
+            ckpt = None
+    return ckpt
 
 
 def majority_share(labels: torch.Tensor) -> float:
@@ -440,17 +466,18 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def _save_checkpoint(
-    path: Path, cfg: RootConfig, weights, strategy, compressor, state: dict[str, Any]
+    path: Path | None, cfg: RootConfig, weights, strategy, compressor, state: dict[str, Any]
 ) -> None:
+    """Write the checkpoint atomically; ``path`` None: only hand in this process's state."""
+    ckpt = {
+        "config": _comparable(cfg),
+        "weights": {k: w.cpu() for k, w in weights.items()},
+        "strategy": strategy.state_dict(),
+        "compressor": compressor.state_dict(),
+        "state": dict(state),
+    }
+    if path is None:
+        return
     tmp = path.with_suffix(".pt.tmp")
-    torch.save(
-        {
-            "config": _comparable(cfg),
-            "weights": {k: w.cpu() for k, w in weights.items()},
-            "strategy": strategy.state_dict(),
-            "compressor": compressor.state_dict(),
-            "state": dict(state),
-        },
-        tmp,
-    )
+    torch.save(ckpt, tmp)
     os.replace(tmp, path)
