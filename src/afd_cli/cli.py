@@ -21,6 +21,7 @@ from pathlib import Path
 import typer
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .config import ConfigError, RootConfig, register_schema, validate
@@ -228,10 +229,11 @@ def _hydra_task(cfg: DictConfig) -> None:
         message += f"; continue with: afd resume {run_dir}" if lost else ""
         write_json_atomic(run_dir / "status.json", {"status": "failed", "error": message})
         (run_dir / "error.txt").write_text(traceback.format_exc())
+        said = escape(message)  # not markup: messages quote e.g. "[/path/pair.cc:545]"
         if not multirun:
-            err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {said}", highlight=False, soft_wrap=True)
             raise SystemExit(1) from None
-        err.print(f"[bold red]job failed:[/] {run_dir}: {message}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]job failed:[/] {run_dir}: {said}", highlight=False, soft_wrap=True)
 
 
 def _launch(overrides: list[str], multirun: bool) -> None:
@@ -356,8 +358,8 @@ def _follow(overrides: list[str]) -> None:
     except (Diverged, distributed.FromLead):  # rank 0 reports these
         raise SystemExit(1) from None
     except Exception as e:
-        rank = distributed.env_rank()
-        print(f"error: rank {rank}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        said = str(e) if isinstance(e, distributed.PeerLost) else f"{type(e).__name__}: {e}"
+        print(f"error: rank {distributed.env_rank()}: {said}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
 
 

@@ -43,6 +43,7 @@ import contextlib
 import math
 import os
 import pickle
+import re
 import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -98,7 +99,7 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, handled like Ctrl-C: status.json says interrupted, the resume line is printed."""
 
     def __str__(self) -> str:
-        return "SIGTERM; torchrun stops every process when one of them fails"
+        return "SIGTERM, which torchrun sends to every process when one of them fails"
 
 
 def launched() -> bool:
@@ -187,7 +188,8 @@ def _collective(what: str) -> Iterator[None]:
         yield
     except RuntimeError as e:  # gloo / nccl errors and timeouts (DistError is one)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # torchrun's SIGTERM must not cut the report
-        why = " ".join(str(e).split())
+        why = re.sub(r"\[[^\]]*\.(cc|cpp|h|py):\d+\]\s*", "", " ".join(str(e).split()))
+        why = why.split(". ")[0]  # gloo adds a paragraph of advice after the cause
         why = why if len(why) <= 160 else why[:159] + "..."
         raise PeerLost(
             f"another process of this distributed run failed or stopped answering while "
