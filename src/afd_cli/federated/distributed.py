@@ -424,6 +424,11 @@ def team(guard: FiniteGuard, compressor: Any, device: torch.device) -> tuple[Sol
             f"{_world.local_rank} but {torch.cuda.device_count()} GPUs are visible; start fewer "
             "processes per node or use device=cpu"
         )
+    if not hasattr(compressor, "set_upload_counts"):  # the DenseCompressor base has them
+        raise ConfigError(
+            f"compression={compressor.name} does not report its upload counts "
+            "(upload_counts / set_upload_counts), which a run over several processes adds up"
+        )
     return Team(_world, guard, compressor, device), Sharded(compressor, _world)
 
 
