@@ -2,6 +2,9 @@
 
 ``afd run`` validates the composed config (every job of a sweep) *before* Hydra creates a run
 directory, so a bad override costs one line on stderr, exit code 2, and no output folder.
+
+Under torchrun every process runs ``afd``; rank 0 makes the decisions that touch the run
+directory and launches through Hydra, the others follow it (:func:`_follow`) and stay quiet.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 import typer
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .config import ConfigError, RootConfig, register_schema, validate
@@ -204,10 +208,11 @@ def _hydra_task(cfg: DictConfig) -> None:
             f"MB  {summary['wall_s']:.1f}s",
             flush=True,
         )
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM under torchrun (it says so)
         write_json_atomic(run_dir / "status.json", {"status": "interrupted"})
+        why = f" ({e})" if str(e) else ""
         err.print(
-            f"[yellow]interrupted;[/] continue with: afd resume {run_dir}",
+            f"[yellow]interrupted{why};[/] continue with: afd resume {run_dir}",
             highlight=False,
             soft_wrap=True,
         )
@@ -220,17 +225,22 @@ def _hydra_task(cfg: DictConfig) -> None:
             raise SystemExit(1) from None
         err.print(f"[bold red]job diverged:[/] {run_dir}: {e}", highlight=False, soft_wrap=True)
     except Exception as e:
-        plain = isinstance(e, ConfigError | data.DataError)  # already one line that says why
+        lost = type(e).__name__ == "PeerLost"  # distributed: another process failed
+        plain = lost or isinstance(e, ConfigError | data.DataError)  # one line that says why
         message = str(e) if plain else f"{type(e).__name__}: {e}"
+        message += f"; continue with: afd resume {run_dir}" if lost else ""
         write_json_atomic(run_dir / "status.json", {"status": "failed", "error": message})
         (run_dir / "error.txt").write_text(traceback.format_exc())
+        said = escape(message)  # not markup: messages quote e.g. "[/path/pair.cc:545]"
         if not multirun:
-            err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {said}", highlight=False, soft_wrap=True)
             raise SystemExit(1) from None
-        err.print(f"[bold red]job failed:[/] {run_dir}: {message}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]job failed:[/] {run_dir}: {said}", highlight=False, soft_wrap=True)
 
 
 def _launch(overrides: list[str], multirun: bool) -> None:
+    if not _lead():
+        return _follow(overrides)
     import hydra
 
     argv = [sys.argv[0], *(["--multirun"] if multirun else []), *overrides]
@@ -259,9 +269,17 @@ def run(
         False, "--multirun", "-m", help="Run every combination of comma-separated values."
     ),
 ) -> None:
-    """Train one federated experiment (or a sweep with -m) and write metrics.csv per run."""
+    """Train one federated experiment (or a sweep with -m) and write metrics.csv per run.
+
+    Under torchrun (torchrun --nproc_per_node=N --no-python afd run ...) one experiment runs
+    over its N processes; see the README."""
     overrides = overrides or []
     verified: set[tuple[str, Path]] = set()
+    if _join() and multirun:
+        fail(
+            "afd run -m under torchrun: a launch runs one experiment over its processes; "
+            "run the jobs of a sweep one launch each"
+        )
     try:
         jobs = expand_sweep(overrides) if multirun else [overrides]
         if len(jobs) > 1:  # every job's config first: a bad value is not hidden by missing data
@@ -276,7 +294,7 @@ def run(
         if multirun:
             overrides, sweep_dir = _pin_sweep_dir(overrides, jobs[0])
         else:
-            overrides = _claim_run_dir(overrides)
+            overrides = _on_lead(lambda: _claim_run_dir(overrides), "making the run directory")
     except ConfigError as e:
         fail(str(e))
     _interruptible(overrides, multirun)
@@ -290,6 +308,61 @@ def _interruptible(overrides: list[str], multirun: bool) -> None:
         _launch(overrides, multirun)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+
+
+def _join() -> bool:
+    """Under torchrun, join its process group (importing torch, which a plain ``afd run``
+    leaves until the config is valid); followers of rank 0 print nothing. Whether joined."""
+    if "WORLD_SIZE" not in os.environ:
+        return False
+    from .federated import distributed
+
+    try:
+        joined = distributed.start() is not None
+    except ConfigError as e:
+        fail(str(e))
+    if not distributed.is_lead():
+        err.quiet = True  # rank 0 says what all processes would
+    return joined
+
+
+def _lead() -> bool:
+    """Whether this process writes the run directory: rank 0 under torchrun, else the one."""
+    if "WORLD_SIZE" not in os.environ:
+        return True
+    from .federated import distributed
+
+    return distributed.is_lead()
+
+
+def _on_lead(fn, what: str):
+    """``fn()`` on rank 0 alone under torchrun (the others get its result or its error)."""
+    if "WORLD_SIZE" not in os.environ:
+        return fn()
+    from .federated import distributed
+
+    return distributed.from_lead(fn, what)
+
+
+def _follow(overrides: list[str]) -> None:
+    """A torchrun process other than rank 0: the same run, without Hydra's run directory,
+    files or messages. Its own failures are printed (rank 0 sees only a lost peer)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from . import experiment
+    from .federated import distributed
+    from .federated.guard import Diverged
+
+    pinned = [o for o in overrides if _override_key(o) == "hydra.run.dir"]
+    run_dir = Path(str(OverridesParser.create().parse_overrides(pinned)[-1].value()))
+    try:
+        experiment.run(validate(compose(overrides)), run_dir)
+    except (Diverged, distributed.FromLead):  # rank 0 reports these
+        raise SystemExit(1) from None
+    except Exception as e:
+        said = str(e) if isinstance(e, distributed.PeerLost) else f"{type(e).__name__}: {e}"
+        print(f"error: rank {distributed.env_rank()}: {said}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
 
 
 def _quote(value: str) -> str:
@@ -416,6 +489,16 @@ def resume(
     schedule.eval_every, progress, checkpoint_every, threads, device, trainer, on_nonfinite,
     data_dir); they are recorded in RUN_DIR/resume.log. Anything else is refused before a
     file is touched."""
+    _join()
+    merged = _on_lead(
+        lambda: _prepare_resume(run_dir, overrides, from_scratch), "checking the run directory"
+    )
+    _interruptible([*merged, f"hydra.run.dir={_quote(str(run_dir))}", "resume=true"], False)
+
+
+def _prepare_resume(run_dir: Path, overrides: list[str] | None, from_scratch: bool) -> list[str]:
+    """What ``afd resume`` checks and changes in the run directory before launching (rank 0
+    alone under torchrun); returns the overrides to launch with."""
     saved = run_dir / ".hydra" / "overrides.yaml"
     if not saved.exists():
         fail(f"{run_dir} is not a run directory (no .hydra/overrides.yaml)")
@@ -448,7 +531,7 @@ def resume(
     elif record is not None:
         with (run_dir / "resume.log").open("a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
-    _interruptible([*merged, f"hydra.run.dir={_quote(str(run_dir))}", "resume=true"], False)
+    return merged
 
 
 def _saved_config(run_dir: Path) -> RootConfig | None:

@@ -4,6 +4,9 @@ Outputs in the run directory: ``metrics.csv`` (a row per round), ``clients.csv``
 client and round: bytes, samples, steps, FLOPs), ``partition.csv`` (per-client sizes and label
 histograms), ``checkpoint.pt`` (global model + strategy/compressor state, for
 resume), ``summary.json`` (written last: its presence marks a finished run).
+
+Under torchrun (:mod:`.federated.distributed`) every process runs this with its share of the
+clients, and only rank 0 reads and writes the run directory.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +24,10 @@ import torch
 
 from . import compression, data, models, network, registry, strategies
 from .config import ConfigError, RootConfig
+from .federated import distributed
 from .federated.client import Evaluator, LocalSGD, SequentialTrainer, Trainer
 from .federated.guard import SKIP, STOP, Diverged, FiniteGuard, SkipObserve, SkipUplink, all_finite
-from .federated.round import ClientRecord, RoundResult, run_round
+from .federated.round import SOLO, ClientRecord, RoundResult, Solo, run_round
 from .flops import TrainingCost
 from .metrics import (
     ClientsWriter,
@@ -104,6 +108,7 @@ class Simulation:
     strategy: Any
     compressor: Any
     trainer: Trainer
+    team: Solo = field(default=SOLO)  # the processes of a torchrun run share the clients
 
     def __post_init__(self) -> None:
         self.train = self.trainer.data
@@ -113,12 +118,14 @@ class Simulation:
         ]
         self.weights = {k: p.data for k, p in self.model.named_parameters()}
         self.full_size = models.num_params(self.model)
-        self.evaluate = Evaluator(
-            self.model,
-            self.test,
-            self.cfg.schedule.eval_batch_size,
-            self.cfg.precision,
-            workers=cpu_workers(self.cfg),
+        self.evaluate = distributed.evaluator(
+            Evaluator(
+                self.model,
+                self.test,
+                self.cfg.schedule.eval_batch_size,
+                self.cfg.precision,
+                workers=cpu_workers(self.cfg),
+            )
         )
         s = self.cfg.schedule
         example = self.train.batch(torch.zeros(1, dtype=torch.long, device=self.device))[0]
@@ -150,6 +157,7 @@ class Simulation:
             full_size=self.full_size,
             on_client_done=on_client_done,
             drop=self._late(t) if self.profile and self.profile.deadline_s else None,
+            team=self.team,
         )
         if not bool(all_finite(list(self.weights.values()))):
             raise Diverged(
@@ -246,7 +254,8 @@ def build(cfg: RootConfig, ds: data.FederatedDataset | None = None) -> Simulatio
     strategy = strategies.build(cfg.strategy, model, cfg.seed)
     compressor = compression.build(cfg.compression, shapes=shapes, seed=cfg.seed, device=device)
     if cfg.on_nonfinite == SKIP:  # skipped clients: no upload, no score-map update
-        strategy, compressor = SkipObserve(strategy, guard), SkipUplink(compressor, guard)
+        strategy, compressor = SkipObserve(strategy, guard), SkipUplink(compressor, guard, shapes)
+    team, compressor = distributed.team(guard, compressor, device)
     return Simulation(
         cfg=cfg,
         device=device,
@@ -256,20 +265,23 @@ def build(cfg: RootConfig, ds: data.FederatedDataset | None = None) -> Simulatio
         strategy=strategy,
         compressor=compressor,
         trainer=guard,
+        team=team,
     )
 
 
 def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
     """Run (or resume) the experiment in ``run_dir``; return the summary."""
     t_start = time.perf_counter()
-    if cfg.progress != "none":  # loading (and verifying) a dataset can take seconds
+    lead = distributed.is_lead()  # the one process that reads and writes run_dir
+    if cfg.progress != "none" and lead:  # loading (and verifying) a dataset can take seconds
         print(f"loading {cfg.dataset.name} ...", flush=True)
     sim = build(cfg)
     ds, device, weights = sim.ds, sim.device, sim.weights
     strategy, compressor, test, full_size = sim.strategy, sim.compressor, sim.test, sim.full_size
-    data.partition_table(sim.parts, ds.train.labels.cpu().numpy(), ds.num_classes).to_csv(
-        run_dir / "partition.csv", index=False
-    )
+    if lead:
+        data.partition_table(sim.parts, ds.train.labels.cpu().numpy(), ds.num_classes).to_csv(
+            run_dir / "partition.csv", index=False
+        )
     s, m, parts = cfg.schedule, cfg.model, sim.parts
 
     state = {
@@ -283,36 +295,7 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
         "sim_time": 0.0,
     }
     ckpt_path = run_dir / CHECKPOINT
-    ckpt = load_checkpoint(ckpt_path) if cfg.resume and ckpt_path.exists() else None
-    if ckpt is not None:
-        differ = config_differences(ckpt["config"], _comparable(cfg))
-        if differ:
-            raise ConfigError(
-                f"{run_dir} holds a run with other {', '.join(differ)}; use a new "
-                f"hydra.run.dir, or start over with: afd resume {run_dir} --from-scratch"
-            )
-        done = ckpt["state"]["round"]
-        per_round = s.clients_per_round
-        intact, where = min(
-            (len(intact_rows(run_dir / "metrics.csv", done)), run_dir / "metrics.csv"),
-            (
-                len(intact_client_rows(run_dir / CLIENTS, per_round, done)) // per_round,
-                run_dir / CLIENTS,
-            ),
-            key=lambda x: x[0],
-        )
-        if intact < done:
-            # rows intact..done are damaged or gone and the checkpoint holds only round `done`:
-            # rounds are seeded by (seed, round), so running again from round 1 restores them
-            lost = f"round {done}" if intact + 1 == done else f"rounds {intact + 1}-{done}"
-            print(
-                f"note: {where} holds {intact} intact rounds but "
-                f"{ckpt_path} is at round {done}; recomputing from round 1 to restore "
-                f"{lost} exactly",
-                file=sys.stderr,
-                flush=True,
-            )
-            ckpt = None
+    ckpt = distributed.from_lead(lambda: resume_point(cfg, run_dir), "reading the checkpoint")
     if ckpt is not None:
         with torch.no_grad():
             for k, w in weights.items():
@@ -320,10 +303,13 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
         strategy.load_state_dict(ckpt["strategy"])
         compressor.load_state_dict(ckpt["compressor"])
         state = ckpt["state"]
-    writer = MetricsWriter(run_dir / "metrics.csv", keep_rounds=state["round"])
-    clients_writer = ClientsWriter(run_dir / CLIENTS, s.clients_per_round, state["round"])
+    writer = MetricsWriter(run_dir / "metrics.csv", keep_rounds=state["round"]) if lead else None
+    clients_writer = (
+        ClientsWriter(run_dir / CLIENTS, s.clients_per_round, state["round"]) if lead else None
+    )
     profile = sim.profile
-    progress = RoundProgress(s.rounds, s.clients_per_round, cfg.progress, start=state["round"])
+    shown = cfg.progress if lead else "none"
+    progress = RoundProgress(s.rounds, s.clients_per_round, shown, start=state["round"])
     try:
         for t in range(state["round"], s.rounds):
             t0 = time.perf_counter()
@@ -376,20 +362,23 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
                 "train_s": r.train_s,
                 "eval_s": eval_s,
             }
-            clients_writer.write(client_rows)
-            writer.write(row)
+            if writer is not None and clients_writer is not None:
+                clients_writer.write(client_rows)
+                writer.write(row)
             state["elapsed"] += row["wall_s"]
             if state["round"] % cfg.checkpoint_every == 0 or state["round"] == s.rounds:
                 t_ckpt = time.perf_counter()
-                _save_checkpoint(ckpt_path, cfg, weights, strategy, compressor, state)
+                path = ckpt_path if lead else None  # every process hands in its clients' state
+                _save_checkpoint(path, cfg, weights, strategy, compressor, state)
                 state["checkpoint_s"] = state.get("checkpoint_s", 0.0) + (
                     time.perf_counter() - t_ckpt
                 )
             progress.round_done(row)
     finally:
         progress.close()
-        writer.close()
-        clients_writer.close()
+        if writer is not None and clients_writer is not None:
+            writer.close()
+            clients_writer.close()
 
     summary = {
         "rounds": state["round"],
@@ -404,7 +393,7 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
         # fedavg + none's best in the same setting instead)
         "sim_time_to_target_s": (
             sim_time_to(run_dir / "metrics.csv", TARGET_SHARE * state["best_acc"])
-            if profile and state["best_acc"] is not None
+            if lead and profile and state["best_acc"] is not None  # rank 0 has the file
             else None
         ),
         "target_acc": TARGET_SHARE * state["best_acc"] if state["best_acc"] is not None else None,
@@ -416,10 +405,49 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
         "majority_baseline": majority_share(test.labels),
         "compressor_state_bytes": compressor.state_nbytes(),
         "device": str(device),
+        "processes": distributed.size(),
         "config": asdict(cfg),
     }
-    write_json_atomic(run_dir / "summary.json", summary)
+    if lead:
+        write_json_atomic(run_dir / "summary.json", summary)
     return summary
+
+
+def resume_point(cfg: RootConfig, run_dir: Path) -> dict[str, Any] | None:
+    """The checkpoint to continue from (``resume`` and one in ``run_dir``), or None to start
+    at round 1: refused (ConfigError) if it holds another run."""
+    ckpt_path = run_dir / CHECKPOINT
+    ckpt = load_checkpoint(ckpt_path) if cfg.resume and ckpt_path.exists() else None
+    if ckpt is not None:
+        differ = config_differences(ckpt["config"], _comparable(cfg))
+        if differ:
+            raise ConfigError(
+                f"{run_dir} holds a run with other {', '.join(differ)}; use a new "
+                f"hydra.run.dir, or start over with: afd resume {run_dir} --from-scratch"
+            )
+        done = ckpt["state"]["round"]
+        per_round = cfg.schedule.clients_per_round
+        intact, where = min(
+            (len(intact_rows(run_dir / "metrics.csv", done)), run_dir / "metrics.csv"),
+            (
+                len(intact_client_rows(run_dir / CLIENTS, per_round, done)) // per_round,
+                run_dir / CLIENTS,
+            ),
+            key=lambda x: x[0],
+        )
+        if intact < done:
+            # rows intact..done are damaged or gone and the checkpoint holds only round `done`:
+            # rounds are seeded by (seed, round), so running again from round 1 restores them
+            lost = f"round {done}" if intact + 1 == done else f"rounds {intact + 1}-{done}"
+            print(
+                f"note: {where} holds {intact} intact rounds but "
+                f"{ckpt_path} is at round {done}; recomputing from round 1 to restore "
+                f"{lost} exactly",
+                file=sys.stderr,
+                flush=True,
+            )
+            ckpt = None
+    return ckpt
 
 
 def majority_share(labels: torch.Tensor) -> float:
@@ -506,17 +534,18 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def _save_checkpoint(
-    path: Path, cfg: RootConfig, weights, strategy, compressor, state: dict[str, Any]
+    path: Path | None, cfg: RootConfig, weights, strategy, compressor, state: dict[str, Any]
 ) -> None:
+    """Write the checkpoint atomically; ``path`` None: only hand in this process's state."""
+    ckpt = {
+        "config": _comparable(cfg),
+        "weights": {k: w.cpu() for k, w in weights.items()},
+        "strategy": strategy.state_dict(),
+        "compressor": compressor.state_dict(),
+        "state": dict(state),
+    }
+    if path is None:
+        return
     tmp = path.with_suffix(".pt.tmp")
-    torch.save(
-        {
-            "config": _comparable(cfg),
-            "weights": {k: w.cpu() for k, w in weights.items()},
-            "strategy": strategy.state_dict(),
-            "compressor": compressor.state_dict(),
-            "state": dict(state),
-        },
-        tmp,
-    )
+    torch.save(ckpt, tmp)
     os.replace(tmp, path)

@@ -66,6 +66,15 @@ class DenseCompressor:
         self._sent += sent
         self._total += total
 
+    def upload_counts(self) -> tuple[int, int]:
+        """Upload entries (sent, offered) so far this round; a distributed run adds them up
+        over its processes and hands the totals back with :meth:`set_upload_counts`."""
+        return self._sent, self._total
+
+    def set_upload_counts(self, sent: int, offered: int) -> None:
+        """This round's counts for :meth:`end_round` (the totals over all processes)."""
+        self._sent, self._total = sent, offered
+
     # -- Compressor protocol --------------------------------------------------------------
     def encode_down(self, client: int, weights: Params, view: View) -> bytes:
         """Whole sub-model in ``fmt``."""

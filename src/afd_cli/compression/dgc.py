@@ -14,6 +14,13 @@ Per client, per tensor of the update ``G`` (treated as the gradient):
 5. warm-up: the steps ``1 - 4^-(j+1)`` below the target share the first ``warmup_rounds``
    rounds evenly (one step per round for 4 rounds at 99.9%), then the target.
 
+The threshold sample of a client is drawn from a generator seeded by ``(seed, round, client)``,
+like every other random draw of a run: a client's payload does not depend on which clients
+the same process encoded before it (a distributed run encodes each process's share only), and
+there is no stream to checkpoint. It only picks which candidates are examined; the selected
+sets are exact top-k either way, but where magnitudes tie at the k-th place the candidates
+decide which of the tied entries go.
+
 Tensors under ``dense_below`` entries go through the same steps but are sent whole.
 With ``values=fp16`` the fp16 rounding error of sent values stays in ``v`` instead of
 being zeroed, so nothing accumulated is ever lost.
@@ -49,9 +56,8 @@ class DGCCompressor(TopKCompressor):
     ):
         self.buffers = ("u", "v") if cfg.momentum_correction else ("v",)
         super().__init__(cfg, shapes, device, backend)
-        # threshold sampling, where the state lives; it only picks *which* candidates are
-        # examined: the selected sets are exact top-k either way
-        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.seed = seed
+        self._generators: list[torch.Generator] = []  # the clients being encoded, in order
 
     @classmethod
     def from_config(
@@ -62,6 +68,24 @@ class DGCCompressor(TopKCompressor):
         device: torch.device | str | None = None,
     ) -> DGCCompressor:
         return cls(cfg, shapes, seed, device)
+
+    def _seed_clients(self, round: int, clients: list[int]) -> None:
+        """One threshold-sampling generator per client, seeded by ``(seed, round, client)``,
+        where the state lives."""
+        self._generators = [
+            torch.Generator(device=self.device).manual_seed(
+                int(np.random.default_rng([self.seed, round, c, 0xD6C]).integers(2**62))
+            )
+            for c in clients
+        ]
+
+    def encode_up(self, client: int, update: Params, view, ctx: RoundContext) -> bytes:
+        self._seed_clients(ctx.round, [client])
+        return super().encode_up(client, update, view, ctx)
+
+    def _encode_group(self, clients, updates, views, ctx: RoundContext) -> list[bytes]:
+        self._seed_clients(ctx.round, clients)
+        return super()._encode_group(clients, updates, views, ctx)
 
     def sparsity_at(self, round: int) -> float:
         """Exponential warm-up, then the target sparsity."""
@@ -107,9 +131,9 @@ class DGCCompressor(TopKCompressor):
         """Sampled-threshold top-k (per row for a ``[C, n]`` stack)."""
         if self.backend == "torch":
             rows = flat.view(-1, flat.shape[-1])
-            idx = torch_sampled_topk_indices(rows, k, self.cfg.sample_ratio, self.generator)
+            idx = torch_sampled_topk_indices(rows, k, self.cfg.sample_ratio, self._generators)
             return idx.view(*flat.shape[:-1], k)
-        return sampled_topk_indices(flat, k, self.cfg.sample_ratio, self.generator)
+        return sampled_topk_indices(flat, k, self.cfg.sample_ratio, self._generators[0])
 
     def _after_send(self, bufs: dict[str, Params], name: str, idx: torch.Tensor) -> None:
         """Momentum factor masking: zero ``u`` where sent (``v`` is already emptied)."""
@@ -120,17 +144,7 @@ class DGCCompressor(TopKCompressor):
             else:
                 u.view(len(idx), -1).scatter_(1, idx, 0.0)
 
-    def state_dict(self) -> dict[str, Any]:
-        """Adds the sampling generator state, so a resumed run picks the same samples."""
-        state = super().state_dict()
-        state["generator"] = self.generator.get_state()
-        state["generator_device"] = self.device.type
-        return state
-
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Inverse of :meth:`state_dict`. A generator saved on another kind of device is not
-        restored (its state does not fit); that changes only which entries are sampled, not
-        the selected top-k sets."""
-        super().load_state_dict(state)
-        if "generator" in state and state.get("generator_device", "cpu") == self.device.type:
-            self.generator.set_state(state["generator"])
+        """Inverse of :meth:`state_dict`; the sampling generator state of older checkpoints is
+        ignored (samples are seeded per client and round now)."""
+        super().load_state_dict({k: v for k, v in state.items() if not k.startswith("generator")})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -106,7 +107,10 @@ def torch_topk_indices(flat: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def torch_sampled_topk_indices(
-    flat: torch.Tensor, k: int, sample_ratio: float, generator: torch.Generator
+    flat: torch.Tensor,
+    k: int,
+    sample_ratio: float,
+    generator: torch.Generator | Sequence[torch.Generator],
 ) -> torch.Tensor:
     """:func:`sampled_topk_indices` per row of ``[C, n]``: the same (exact) top-k sets.
 
@@ -114,14 +118,20 @@ def torch_sampled_topk_indices(
     magnitudes, aimed at about ``2k`` candidates; the candidates are compacted into a padded
     ``[C, max candidates]`` block (one ``nonzero``) and the exact top-k taken there. If any
     row gets fewer than ``k`` candidates (rare), all rows take the exact top-k.
-    ``generator`` must live on ``flat``'s device.
+    ``generator`` must live on ``flat``'s device; a sequence of them draws each row's sample
+    from its own (one per client, so a row does not depend on the rows stacked with it).
     """
     c, n = flat.shape
     m = min(n, math.ceil(n * sample_ratio))
     if k >= n or k <= 0 or m < MIN_SAMPLE:
         return torch_topk_indices(flat, k)
     mag = flat.abs()
-    pos = torch.randint(n, (c, m), generator=generator, device=flat.device)
+    if isinstance(generator, torch.Generator):
+        pos = torch.randint(n, (c, m), generator=generator, device=flat.device)
+    else:
+        pos = torch.stack(
+            [torch.randint(n, (m,), generator=g, device=flat.device) for g in generator]
+        )
     rank = min(m, math.ceil(2.0 * m * k / n) + 2)  # expect ~2k + 2n/m candidates
     thr = mag.gather(1, pos).kthvalue(m - rank + 1, dim=1, keepdim=True).values
     passed = mag >= thr

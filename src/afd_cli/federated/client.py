@@ -193,18 +193,37 @@ def evaluate(
     that many threads; per-batch sums are added in batch order, so the result does not depend
     on how many there are.
     """
+    return mean_of(batch_sums(module, data, batch_size, precision, modules), len(data))
+
+
+def batch_sums(
+    module: nn.Module,
+    data: Samples,
+    batch_size: int,
+    precision: str = "fp32",
+    modules: list[nn.Module] | None = None,
+    share: tuple[int, int] = (0, 1),
+) -> torch.Tensor:
+    """``[loss sum, correct]`` per test batch (host, float64) of the ``share[0]``-th of
+    ``share[1]`` contiguous runs of batches (a distributed run's processes each take one)."""
     module.eval()
-    n = len(data)
     device = next(module.parameters()).device
-    batches = list(torch.arange(n, device=device).split(batch_size))
+    batches = list(torch.arange(len(data), device=device).split(batch_size))
+    part, parts = share
+    per = -(-len(batches) // parts)
+    batches = batches[part * per : (part + 1) * per]
     copies = modules or [module]
     for m in copies:
         m.eval()
-    share = -(-len(batches) // len(copies))
-    runs = [(m, batches[i * share : (i + 1) * share]) for i, m in enumerate(copies)]
+    per_copy = -(-len(batches) // len(copies))
+    runs = [(m, batches[i * per_copy : (i + 1) * per_copy]) for i, m in enumerate(copies)]
     sums = map_ordered(lambda r: _evaluate_batches(r[0], data, r[1], precision), runs, len(runs))
-    total = torch.cat(sums).cpu()
-    return float(total[:, 0].sum()) / n, float(total[:, 1].sum()) / n
+    return torch.cat(sums).cpu()
+
+
+def mean_of(sums: torch.Tensor, n: int) -> tuple[float, float]:
+    """Mean loss and accuracy from all of the test set's per-batch sums, added in batch order."""
+    return float(sums[:, 0].sum()) / n, float(sums[:, 1].sum()) / n
 
 
 class Evaluator:
@@ -232,10 +251,14 @@ class Evaluator:
         self.data, self.batch_size, self.precision = data, batch_size, precision
 
     def __call__(self, weights: Params) -> tuple[float, float]:
+        return mean_of(self.sums(weights), len(self.data))
+
+    def sums(self, weights: Params, share: tuple[int, int] = (0, 1)) -> torch.Tensor:
+        """:func:`batch_sums` of ``weights`` for one ``share`` of the test batches."""
         with torch.no_grad():
             for module in self.modules:
                 for name, p in module.named_parameters():
                     p.copy_(weights[name])
-        return evaluate(
-            self.modules[0], self.data, self.batch_size, self.precision, modules=self.modules
+        return batch_sums(
+            self.modules[0], self.data, self.batch_size, self.precision, self.modules, share
         )

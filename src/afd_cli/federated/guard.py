@@ -10,6 +10,10 @@ sends nothing for a skipped client (its compressor state, e.g. DGC's ``u``/``v``
 it was) and :class:`SkipObserve` hides it from the strategy's ``observe`` (AFD score maps).
 A round in which every client is non-finite has nothing left to aggregate and stops the run
 either way.
+
+In a distributed run (``deferred``) each process only sees its own clients, so the guard
+drops its bad ones locally and :meth:`FiniteGuard.settle` gives the round's verdict once every
+process's bad clients are known, in client order: the same verdict and message as one process.
 """
 
 from __future__ import annotations
@@ -50,6 +54,15 @@ def all_finite(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([torch.isfinite(t).all() for t in tensors]).all()
 
 
+def filler_loss(losses: list[float], sizes: list[int]) -> float:
+    """The loss reported for a skipped client (at weight 0): any finite value will do; this one
+    keeps a weighted mean over the round unchanged even where a caller forgets the weights."""
+    n = sum(sizes)
+    return (
+        sum(loss * size for loss, size in zip(losses, sizes, strict=True)) / n if n else losses[0]
+    )
+
+
 def _problem(res: LocalResult, weights_ok: bool) -> str | None:
     if not math.isfinite(res.loss):
         return f"non-finite local training loss ({res.loss})"
@@ -62,7 +75,8 @@ class FiniteGuard:
     """A trainer that checks its inner trainer's results (see the module docstring).
 
     ``round`` (1-based, for messages) is set by the caller before each round; ``skipped``
-    holds the clients dropped in the last round.
+    holds the clients dropped in the last round. ``deferred``: never raise in :meth:`train`,
+    drop the bad clients and leave the verdict to :meth:`settle` (``bad`` lists them).
     """
 
     def __init__(self, inner: Any, mode: str = STOP, hint: str = ""):
@@ -71,6 +85,8 @@ class FiniteGuard:
         self.inner, self.mode, self.hint = inner, mode, hint
         self.round = 0
         self.skipped: set[int] = set()
+        self.deferred = False
+        self.bad: list[tuple[int, str]] = []
 
     def __getattr__(self, name: str) -> Any:  # data, device, ... of the wrapped trainer
         return getattr(self.inner, name)
@@ -78,7 +94,7 @@ class FiniteGuard:
     def train(
         self, jobs: list[LocalJob], on_done: Callable[[], None] | None = None
     ) -> list[LocalResult]:
-        self.skipped = set()
+        self.skipped, self.bad = set(), []
         results = self.inner.train(jobs, on_done)
         if not results:
             return results
@@ -90,19 +106,13 @@ class FiniteGuard:
         ]
         if not bad:
             return results
-        if self.mode == STOP or len(bad) == len(results):
-            client, why = bad[0]
-            if len(bad) > 1:
-                why += f" (and {len(bad) - 1} more client{'s' if len(bad) > 2 else ''})"
-            if self.mode == SKIP:
-                why += "; every client of the round, nothing left to aggregate"
-            raise Diverged(self.round, client, why, self.hint)
-        self.skipped = {c for c, _ in bad}
+        self.bad = bad
+        if self.deferred:
+            self.skipped = {c for c, _ in bad}
+        else:
+            self.settle(bad, len(results))
         kept = [r for j, r in zip(jobs, results, strict=True) if j.client not in self.skipped]
-        n = sum(r.num_samples for r in kept)
-        # any finite loss will do at weight 0; this one keeps a weighted mean over the
-        # round unchanged even where a caller forgets the weights
-        filler = sum(r.loss * r.num_samples for r in kept) / n if n else kept[0].loss
+        filler = filler_loss([r.loss for r in kept], [r.num_samples for r in kept]) if kept else 0.0
         return [
             LocalResult(dict(job.weights), filler, 0, res.seconds)
             if job.client in self.skipped
@@ -110,14 +120,30 @@ class FiniteGuard:
             for job, res in zip(jobs, results, strict=True)
         ]
 
+    def settle(self, bad: list[tuple[int, str]], clients: int) -> None:
+        """The verdict on a round's non-finite clients (``bad``, in client order, out of
+        ``clients``): raise :class:`Diverged`, or skip them (``skipped``)."""
+        if self.mode == STOP or len(bad) == clients:
+            client, why = bad[0]
+            if len(bad) > 1:
+                why += f" (and {len(bad) - 1} more client{'s' if len(bad) > 2 else ''})"
+            if self.mode == SKIP:
+                why += "; every client of the round, nothing left to aggregate"
+            raise Diverged(self.round, client, why, self.hint)
+        self.skipped = {c for c, _ in bad}
+
 
 class SkipUplink:
     """A compressor that sends nothing (0 bytes, a zero update) for the guard's skipped
-    clients, leaving their per-client state untouched; everything else is the inner one's."""
+    clients, leaving their per-client state untouched; everything else is the inner one's.
 
-    def __init__(self, inner: Any, guard: FiniteGuard):
+    ``shapes`` (full model): the zero update of a client skipped by another process of a
+    distributed run, which this one never saw."""
+
+    def __init__(self, inner: Any, guard: FiniteGuard, shapes: dict | None = None):
         self.inner, self.guard = inner, guard
         self._zeros: dict[int, dict[str, torch.Tensor]] = {}
+        self._shapes = shapes
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -149,6 +175,8 @@ class SkipUplink:
     def decode_up(self, client: int, payload: bytes, view):
         if client in self._zeros:
             return self._zeros.pop(client)
+        if client in self.guard.skipped and not payload and self._shapes is not None:
+            return view.extract({k: torch.zeros(s) for k, s in self._shapes.items()})
         return self.inner.decode_up(client, payload, view)
 
 

@@ -17,6 +17,11 @@ What each client cost is kept as a :class:`ClientRecord` (bytes each way, sample
 shape). An optional ``drop`` policy (the simulated clock's deadline) sees the round's records
 once the uploads are encoded and names clients to leave out: their download happened, their
 upload is not sent (0 bytes), their update is not aggregated and the strategy does not see it.
+
+A *team* says which of the round's clients this process trains and gathers every process's
+:class:`Uploads`; alone (:class:`Solo`, the default) that is all of them and nothing to gather.
+Under torchrun (:mod:`.distributed`) each process encodes, trains and uploads its own clients,
+and every process then decodes and aggregates all uploads in client order, as one process does.
 """
 
 from __future__ import annotations
@@ -60,6 +65,35 @@ class RoundResult:
     records: list[ClientRecord] = field(default_factory=list)  # one per client, in order
 
 
+@dataclass
+class Uploads:
+    """What the server holds once a round's clients are done: one entry per client, in order
+    (a distributed run gathers them from every process)."""
+
+    clients: list[int]
+    payloads: list[bytes]  # the encoded uploads, exactly what goes on the wire
+    losses: list[float]
+    sizes: list[int]  # local samples (the aggregation weights)
+    bytes_down: list[int]  # len() of each client's download
+    seconds: list[float]  # each client's local training, wall seconds
+    train_s: float  # wall seconds of the round's local training (the slowest process)
+
+
+class Solo:
+    """The team of one process: it trains every client and has nothing to gather."""
+
+    def mine(self, clients: list[int]) -> list[int]:
+        """Positions in ``clients`` of the clients this process trains."""
+        return list(range(len(clients)))
+
+    def gather(self, ups: Uploads) -> Uploads:
+        """Every process's uploads of the round, merged in client order."""
+        return ups
+
+
+SOLO = Solo()
+
+
 def sample_clients(seed: int, round: int, num_clients: int, per_round: int) -> list[int]:
     """Uniform sampling without replacement, a pure function of (seed, round)."""
     rng = np.random.default_rng([seed, round, 0x5A])
@@ -93,6 +127,7 @@ def run_round(
     full_size: int,
     on_client_done=None,
     drop: Callable[[list[ClientRecord]], set[int]] | None = None,
+    team: Solo = SOLO,
 ) -> RoundResult:
     """Run one round in place on ``weights`` (the global model) and report what it cost."""
     clients = sample_clients(seed, round, len(parts), per_round)
@@ -100,10 +135,11 @@ def run_round(
     ctx = RoundContext(round, len(clients))
     device = next(iter(weights.values())).device
 
-    jobs, downs = [], []
-    for cid, view in zip(clients, views, strict=True):
+    mine = team.mine(clients)
+    jobs, down = [], []
+    for cid, view in ((clients[i], views[i]) for i in mine):
         payload = compressor.encode_down(cid, view.extract(weights), view)
-        downs.append(len(payload))
+        down.append(len(payload))
         start = to_device(compressor.decode_down(cid, payload, view), device)
         jobs.append(LocalJob(cid, view.units, start, parts[cid], client_seed(seed, round, cid)))
 
@@ -112,12 +148,26 @@ def run_round(
     train_s = time.perf_counter() - t_train
 
     updates = [update_of(job, res) for job, res in zip(jobs, results, strict=True)]
-    payloads = encode_up_many(compressor, clients, updates, views, ctx)
+    own = [job.client for job in jobs]
+    payloads = encode_up_many(compressor, own, updates, [views[i] for i in mine], ctx)
     del updates  # the round's uploads are bytes now
-    sizes = [r.num_samples for r in results]
+    ups = team.gather(
+        Uploads(
+            own,
+            payloads,
+            [r.loss for r in results],
+            [r.num_samples for r in results],
+            down,
+            [r.seconds for r in results],
+            train_s,
+        )
+    )
+    losses, sizes = ups.losses, ups.sizes
     records = [
-        ClientRecord(cid, down, len(up), n, dict(view.units))
-        for cid, down, up, n, view in zip(clients, downs, payloads, sizes, views, strict=True)
+        ClientRecord(cid, d, len(up), n, dict(view.units))
+        for cid, d, up, n, view in zip(
+            clients, ups.bytes_down, ups.payloads, sizes, views, strict=True
+        )
     ]
     dropped = drop(records) if drop is not None else set()
     for rec in records:
@@ -127,12 +177,11 @@ def run_round(
     # guard.SkipUplink does), the dropped ones are then discarded unused
     decoded = [
         to_device(compressor.decode_up(cid, payload, view), device)
-        for cid, payload, view in zip(clients, payloads, views, strict=True)
+        for cid, payload, view in zip(clients, ups.payloads, views, strict=True)
     ]
     kept = [i for i, cid in enumerate(clients) if cid not in dropped]
     received = [decoded[i] for i in kept]
     del decoded
-    losses = [r.loss for r in results]
     mean = MaskedMean(weights)
     mean.add_many([views[i] for i in kept], received, [sizes[i] for i in kept])
     server_step = getattr(compressor, "apply_aggregate", None)  # e.g. server momentum
@@ -151,6 +200,6 @@ def run_round(
         train_loss=float(np.average(losses, weights=sizes)),
         keep_fraction=float(np.mean([v.num_kept(weights) for v in views])) / full_size,
         compressor_stats=compressor.end_round(),
-        train_s=train_s,
+        train_s=ups.train_s,
         records=records,
     )
