@@ -9,9 +9,10 @@ quantisation. Here, for a flattened tensor ``x`` of ``n`` entries and a 32-bit `
    power of two); a last, partial block of ``r`` entries is zero-padded to the next power of
    two ``>= r`` only, so padding never exceeds ``min(B, r)`` (cnn_mnist's fc1, 1,605,632
    entries, would grow by 31% if padded whole to 2^21). Each block gets a random sign flip
-   ``D`` and the orthonormal Walsh-Hadamard transform ``H / sqrt(B)`` (``log2 B`` vectorised
-   butterfly stages). Rotated coordinates are near Gaussian with similar scales, which keeps
-   the quantiser's ranges tight; ``(HD)^-1 = D H`` undoes it exactly up to fp32 rounding.
+   ``D`` and the orthonormal Walsh-Hadamard transform ``H / sqrt(B)`` (two small matmuls,
+   ``H_B = H_a (x) H_b``; see :func:`fwht`). Rotated coordinates are near Gaussian with
+   similar scales, which keeps the quantiser's ranges tight; ``(HD)^-1 = D H`` undoes it
+   exactly up to fp32 rounding.
 2. **Subsampling** (the upload only; Caldas et al. do not subsample the model they send). A
    rotated coordinate is kept when a 16-bit hash of it is below ``keep = round(f * 2^16)``,
    i.e. with probability ``p = keep / 2^16`` exactly; the receiver puts zeros elsewhere and
@@ -20,8 +21,9 @@ quantisation. Here, for a flattened tensor ``x`` of ``n`` entries and a 32-bit `
    shorter), each with ``lo = min`` and ``step = (max - min) / (2^bits - 1)`` -- per-chunk
    min/max scaling as in Konečný et al.'s probabilistic quantisation (and TensorFlow's
    ``tensor_encoding`` uniform quantiser), chunked so one outlier cannot widen the range of
-   the whole tensor. A value ``y`` becomes the code ``floor((y - lo) / step + u)``,
-   ``u ~ U[0, 1)``, so ``E[lo + code * step] = y``. Codes are bit-packed, most significant
+   the whole tensor (8 bytes per chunk: 1.6% of a 1-bit chunk of 4096). A value ``y``
+   becomes the code ``floor((y - lo) / step + u)``, ``u ~ U[0, 1)``, so
+   ``E[lo + code * step] = y``. Codes are bit-packed, most significant
    bit first (as ``numpy.packbits``), ``bits`` per value.
 
 Decoding reverses the three steps; because each is unbiased given the previous ones and the
