@@ -337,3 +337,25 @@ def test_runs_without_a_clock_have_no_time_columns_or_figure(tmp_path):
         "accuracy_vs_time" not in files and not (tmp_path / "out" / "accuracy_vs_time.png").exists()
     )
     assert "accuracy_vs_time.png" not in files["markdown"].read_text()
+
+
+def test_rows_lead_with_the_baseline_whatever_the_compression_options(tmp_path):
+    """compression.downlink=true|false of dgc must not sort dgc rows before fedavg + none."""
+    root = tmp_path / "down"
+    fake_run(root, "f", accs=[0.5, 0.9], mb_round=10)
+    fake_run(root, "s", strategy="single", accs=[0.5, 0.9], mb_round=5)
+    for flag in (False, True):
+        for strategy in ("single", "fedavg"):
+            extra = {"compression.downlink": flag}
+            fake_run(root, f"{strategy}{flag}", strategy=strategy, compression="dgc",
+                     accs=[0.4, 0.8], mb_round=1, extra=extra)  # fmt: skip
+    s = rep.build([root]).summary
+    got = list(zip(s.compression, s["compression.downlink"].astype(str), s.strategy, strict=True))
+    assert got == [
+        ("none", "null", "fedavg"),
+        ("none", "null", "single"),
+        ("dgc", "False", "fedavg"),
+        ("dgc", "False", "single"),
+        ("dgc", "True", "fedavg"),
+        ("dgc", "True", "single"),
+    ]

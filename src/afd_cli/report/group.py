@@ -232,10 +232,14 @@ def _order(summary: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
         _s=summary["strategy"].map(_STRATEGY_ORDER).fillna(99),
         _c=summary["compression"].map(_COMPRESSION_ORDER).fillna(99),
     )
-    other = [k for k in keys if k not in ("strategy", "compression")]
-    for k in other:
+    # the setting first, then compression (and its options), then strategy (and its options):
+    # fedavg + none, the baseline, leads each setting
+    setting = [k for k in keys if k.split(".")[0] not in ("strategy", "compression")]
+    comp = [k for k in keys if k.startswith("compression.")]
+    strat = [k for k in keys if k.startswith("strategy.")]
+    for k in (*setting, *comp, *strat):
         sort[k] = sort[k].astype(str)
-    order = sort.sort_values([*other, "_c", "_s"], kind="stable").index
+    order = sort.sort_values([*setting, "_c", *comp, "_s", *strat], kind="stable").index
     return summary.loc[order].reset_index(drop=True)
 
 
