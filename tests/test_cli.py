@@ -69,6 +69,20 @@ def test_sweep_validates_every_job():
             cli.check(job)
 
 
+def test_a_joblib_sweep_runs_its_jobs_in_worker_processes(tmp_path):
+    """The README's parallel sweep; `python -m afd_cli.cli` once failed to pickle its task."""
+    p = subprocess.run(
+        [*AFD, "run", "-m", *SMALL, "schedule.rounds=1", "seed=0,1", "hydra/launcher=joblib"]
+        + ["hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tmp_path / 's'}"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    runs = sorted((tmp_path / "s").glob("*/metrics.csv"))
+    assert [pd.read_csv(m)["seed"].tolist() for m in runs] == [[0], [1]]
+
+
 @pytest.mark.parametrize("experiment", ["paper_mnist", "paper_shakespeare"])
 def test_paper_experiments_warm_dgc_up_over_four_epochs(experiment):
     """Lin et al. warm up over 4 epochs; an epoch of the federation is K / (C * E) rounds."""

@@ -244,9 +244,12 @@ def _launch(overrides: list[str], multirun: bool) -> None:
     import hydra
 
     argv = [sys.argv[0], *(["--multirun"] if multirun else []), *overrides]
-    main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(
-        _hydra_task
-    )
+    # the task by reference: under `python -m afd_cli.cli` this module is __main__, whose
+    # functions the joblib launcher would pickle by value, with this module's consoles
+    # (and their locks), and fail
+    from afd_cli.cli import _hydra_task as task
+
+    main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(task)
     old = sys.argv
     sys.argv = argv
     try:
