@@ -52,8 +52,9 @@ def _problem(res: LocalResult, weights_ok: bool) -> str | None:
 class FiniteGuard:
     """A trainer that checks its inner trainer's results (see the module docstring).
 
-    ``round`` (1-based, for messages) is set by the caller before each round; ``skipped``
-    holds the clients dropped in the last round.
+    The caller announces each round with :meth:`begin_round` (1-based, for messages; and
+    how many clients it has, since the round loop may train them in several calls);
+    ``skipped`` holds the clients dropped so far in the round.
     """
 
     def __init__(self, inner: Any, mode: str = STOP, hint: str = ""):
@@ -61,7 +62,14 @@ class FiniteGuard:
             raise ValueError(f"on_nonfinite={mode!r}")
         self.inner, self.mode, self.hint = inner, mode, hint
         self.round = 0
+        self.clients = 0  # clients in the round (0: unknown, each train call is a round)
         self.skipped: set[int] = set()
+        self._seen = 0  # clients trained so far in the round
+
+    def begin_round(self, round: int, clients: int) -> None:
+        """Round ``round`` (1-based) of ``clients`` clients starts: nothing skipped yet."""
+        self.round, self.clients = round, clients
+        self.skipped, self._seen = set(), 0
 
     def __getattr__(self, name: str) -> Any:  # data, device, ... of the wrapped trainer
         return getattr(self.inner, name)
@@ -69,8 +77,10 @@ class FiniteGuard:
     def train(
         self, jobs: list[LocalJob], on_done: Callable[[], None] | None = None
     ) -> list[LocalResult]:
-        self.skipped = set()
+        if not self.clients or self._seen >= self.clients:  # not announced: one call, one round
+            self.skipped, self._seen = set(), 0
         results = self.inner.train(jobs, on_done)
+        self._seen += len(jobs)
         if not results:
             return results
         ok = torch.stack([all_finite(list(r.weights.values())) for r in results]).tolist()
@@ -81,19 +91,20 @@ class FiniteGuard:
         ]
         if not bad:
             return results
-        if self.mode == STOP or len(bad) == len(results):
+        everyone = len(self.skipped) + len(bad) == max(self.clients, self._seen)
+        if self.mode == STOP or (everyone and self._seen >= self.clients):
             client, why = bad[0]
             if len(bad) > 1:
                 why += f" (and {len(bad) - 1} more client{'s' if len(bad) > 2 else ''})"
             if self.mode == SKIP:
                 why += "; every client of the round, nothing left to aggregate"
             raise Diverged(self.round, client, why, self.hint)
-        self.skipped = {c for c, _ in bad}
+        self.skipped |= {c for c, _ in bad}
         kept = [r for j, r in zip(jobs, results, strict=True) if j.client not in self.skipped]
         n = sum(r.num_samples for r in kept)
         # any finite loss will do at weight 0; this one keeps a weighted mean over the
-        # round unchanged even where a caller forgets the weights
-        filler = sum(r.loss * r.num_samples for r in kept) / n if n else kept[0].loss
+        # call unchanged even where a caller forgets the weights
+        filler = sum(r.loss * r.num_samples for r in kept) / n if n else 0.0
         return [
             LocalResult(dict(job.weights), filler, 0, res.seconds)
             if job.client in self.skipped

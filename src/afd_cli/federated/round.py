@@ -9,9 +9,18 @@ Where tensors live: the global model, the clients' weights and updates, and aggr
 the model's device (a GPU when there is one); payloads are host ``bytes``. Compressors keep
 their per-client state where they were built to (the sparse ones on the model's device when
 it is a GPU, else on the host). The loop moves what a compressor decodes onto the device, so
-neither side needs to know where the other runs. Uploads are encoded for the whole round at
-once and aggregated with one :meth:`MaskedMean.add_many`, so a batched engine can do both as
-stacked ``[C, ...]`` operations.
+neither side needs to know where the other runs. Uploads are encoded for a chunk of clients
+at once and aggregated with one :meth:`MaskedMean.add_many`, so a batched engine can do both
+as stacked ``[C, ...]`` operations.
+
+Chunks: the round's clients go through download, training, upload and aggregation ``chunk``
+at a time (all at once when ``chunk`` is None). Every client in flight holds about four model
+copies (received, trained, update, decoded update), so at 250 clients of a 1.7 M-parameter
+model a whole round held 6.6 GB; a chunk bounds that. The global weights change only after
+the last chunk and each client's work depends only on its own seed and state, so the result
+does not depend on the chunk size, apart from the order of float additions when clients of
+several sub-model shapes are aggregated (chunks are multiples of ``aggregate.STACK``, so a
+round of one shape sums in the same order).
 """
 
 from __future__ import annotations
@@ -24,10 +33,11 @@ import torch
 
 from ..compression.base import Compressor, RoundContext, encode_up_many
 from ..strategies.base import Strategy
-from .aggregate import MaskedMean
+from .aggregate import STACK, MaskedMean
 from .client import LocalJob, LocalResult
 
 Params = dict[str, torch.Tensor]
+CHUNK = 2 * STACK  # clients in flight at once (see the module docstring)
 
 
 @dataclass
@@ -73,42 +83,51 @@ def run_round(
     trainer,
     full_size: int,
     on_client_done=None,
+    chunk: int | None = CHUNK,
 ) -> RoundResult:
     """Run one round in place on ``weights`` (the global model) and report what it cost."""
     clients = sample_clients(seed, round, len(parts), per_round)
     views = strategy.select(round, clients)
     ctx = RoundContext(round, len(clients))
     device = next(iter(weights.values())).device
-
-    jobs, bytes_down = [], 0
-    for cid, view in zip(clients, views, strict=True):
-        payload = compressor.encode_down(cid, view.extract(weights), view)
-        bytes_down += len(payload)
-        start = to_device(compressor.decode_down(cid, payload, view), device)
-        jobs.append(LocalJob(cid, view.units, start, parts[cid], client_seed(seed, round, cid)))
-
-    t_train = time.perf_counter()
-    results: list[LocalResult] = trainer.train(jobs, on_client_done)
-    train_s = time.perf_counter() - t_train
-
-    updates = [update_of(job, res) for job, res in zip(jobs, results, strict=True)]
-    payloads = encode_up_many(compressor, clients, updates, views, ctx)
-    del updates  # the round's uploads are bytes now
-    received = [
-        to_device(compressor.decode_up(cid, payload, view), device)
-        for cid, payload, view in zip(clients, payloads, views, strict=True)
-    ]
-    losses = [r.loss for r in results]
-    sizes = [r.num_samples for r in results]
     mean = MaskedMean(weights)
-    mean.add_many(views, received, sizes)
+    bytes_down = bytes_up = 0
+    train_s, losses, sizes = 0.0, [], []
+    step = chunk or len(clients)
+
+    for lo in range(0, len(clients), step):
+        ids, vs = clients[lo : lo + step], views[lo : lo + step]
+        jobs = []
+        for cid, view in zip(ids, vs, strict=True):
+            payload = compressor.encode_down(cid, view.extract(weights), view)
+            bytes_down += len(payload)
+            start = to_device(compressor.decode_down(cid, payload, view), device)
+            jobs.append(LocalJob(cid, view.units, start, parts[cid], client_seed(seed, round, cid)))
+
+        t_train = time.perf_counter()
+        results: list[LocalResult] = trainer.train(jobs, on_client_done)
+        train_s += time.perf_counter() - t_train
+
+        updates = [update_of(job, res) for job, res in zip(jobs, results, strict=True)]
+        losses += [r.loss for r in results]
+        sizes += [r.num_samples for r in results]
+        del jobs, results  # only the updates are needed from here
+        payloads = encode_up_many(compressor, ids, updates, vs, ctx)
+        del updates  # the chunk's uploads are bytes now
+        bytes_up += sum(len(p) for p in payloads)
+        received = [
+            to_device(compressor.decode_up(cid, payload, view), device)
+            for cid, payload, view in zip(ids, payloads, vs, strict=True)
+        ]
+        mean.add_many(vs, received, sizes[lo:])
+        del received, payloads
     mean.apply_(weights)
 
     strategy.observe(round, clients, losses, sizes)
     return RoundResult(
         clients=clients,
         bytes_down=bytes_down,
-        bytes_up=sum(len(p) for p in payloads),
+        bytes_up=bytes_up,
         train_loss=float(np.average(losses, weights=sizes)),
         keep_fraction=float(np.mean([v.num_kept(weights) for v in views])) / full_size,
         compressor_stats=compressor.end_round(),
