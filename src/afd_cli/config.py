@@ -24,6 +24,7 @@ DEVICES = ("auto", "cpu", "cuda")
 TRAINERS = ("auto", "sequential", "batched")
 PRECISIONS = ("fp32", "bf16")
 ON_NONFINITE = ("stop", "skip_client")
+STATE_DTYPES = ("fp32", "fp16", "bf16")
 TEXT_DATASETS = ("shakespeare",)
 TEXT_MODELS = ("char_lstm",)
 # numpy's legacy seeding and torch.Generator.manual_seed both take any value in [0, 2**32 - 1];
@@ -111,6 +112,16 @@ class TrainerConfig:
 
 
 @dataclass
+class StateConfig:
+    """Where per-client state lives (DGC u/v, downlink copies, Multi-Model AFD score maps)."""
+
+    # in memory up to this many MiB; beyond it the least recently used clients' state goes to
+    # files in the run directory (state/). null = no limit. Results do not depend on it.
+    memory_mb: int | None = 2048
+    dtype: str = "fp32"  # precision the compressors' buffers are kept in: fp32 | fp16 | bf16
+
+
+@dataclass
 class RootConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
@@ -119,6 +130,7 @@ class RootConfig:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    state: StateConfig = field(default_factory=StateConfig)
     seed: int = 0
     device: str = "auto"
     precision: str = "fp32"  # fp32 | bf16 (autocast in local training and evaluation)
@@ -172,6 +184,7 @@ def validate(cfg: DictConfig) -> RootConfig:
     _choice("on_nonfinite", c.on_nonfinite, ON_NONFINITE)
     _choice("compression.values", c.compression.values, ("fp32", "fp16"))
     _choice("strategy.score_update", c.strategy.score_update, ("relative", "absolute"))
+    _choice("state.dtype", c.state.dtype, STATE_DTYPES)
 
     s = c.schedule
     for key in (
@@ -259,6 +272,12 @@ def validate(cfg: DictConfig) -> RootConfig:
         "trainer.chunk",
         c.trainer.chunk,
         "null or an integer >= 1",
+    )
+    _check(
+        c.state.memory_mb is None or c.state.memory_mb >= 0,
+        "state.memory_mb",
+        c.state.memory_mb,
+        "null or an integer >= 0",
     )
     _check(0 <= c.seed <= MAX_SEED, "seed", c.seed, f"an integer in [0, {MAX_SEED}]")
     _check(c.checkpoint_every >= 1, "checkpoint_every", c.checkpoint_every, "an integer >= 1")

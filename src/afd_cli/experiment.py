@@ -1,8 +1,15 @@
 """One experiment from a validated config: build the parts, run the rounds, write the outputs.
 
 Outputs in the run directory: ``metrics.csv`` (a row per round), ``partition.csv`` (per-client
-sizes and label histograms), ``checkpoint.pt`` (global model + strategy/compressor state, for
-resume), ``summary.json`` (written last: its presence marks a finished run).
+sizes and label histograms), ``checkpoint.pt`` (global model, the small strategy/compressor
+state and the index of ``state/``, for resume), ``state/`` (per-client state files, see
+:mod:`afd_cli.state`), ``summary.json`` (written last: its presence marks a finished run).
+
+A checkpoint is incremental: :meth:`StateStore.commit` writes only the per-client state that
+changed since it was last written, under new file names, then ``checkpoint.pt`` is replaced
+atomically and only then are the files it no longer names deleted. It is written before the
+round's row, so the row's ``wall_s`` includes it; the checkpoint holds that row too, so a kill
+between the two appends it on resume instead of recomputing the run.
 """
 
 from __future__ import annotations
@@ -20,12 +27,15 @@ import torch
 
 from . import compression, data, models, strategies
 from .config import ConfigError, RootConfig
+from .federated import round as round_loop
 from .federated.client import Evaluator, LocalSGD, SequentialTrainer, Trainer
 from .federated.guard import SKIP, STOP, Diverged, FiniteGuard, SkipObserve, SkipUplink, all_finite
 from .federated.round import RoundResult, run_round
 from .metrics import MetricsWriter, RoundProgress, intact_rows, write_json_atomic
+from .state import StateFileError, StateStore, check_index
 
 CHECKPOINT = "checkpoint.pt"
+STATE_DIR = "state"  # per-client state files (spilled and checkpointed), see afd_cli.state
 
 
 def resolve_device(name: str) -> torch.device:
@@ -100,6 +110,7 @@ class Simulation:
     strategy: Any
     compressor: Any
     trainer: Trainer
+    store: StateStore
 
     def __post_init__(self) -> None:
         self.train = self.trainer.data
@@ -117,6 +128,12 @@ class Simulation:
             workers=cpu_workers(self.cfg),
         )
 
+    @property
+    def round_chunk(self) -> int | None:
+        """Clients in flight at once: bounded on the host (memory grows ~4 model copies per
+        client); on a GPU the whole round, so the batched trainer sees it as wide as it is."""
+        return None if self.device.type == "cuda" else round_loop.CHUNK
+
     def new_model(self) -> models.FLModel:
         """A freshly initialised full model of the configured family (same device)."""
         return new_model(self.cfg, self.ds, self.device)
@@ -129,7 +146,7 @@ class Simulation:
     def round(self, t: int, on_client_done=None) -> RoundResult:
         """Round ``t`` (0-based); raises :class:`Diverged` on a non-finite result."""
         if isinstance(self.trainer, FiniteGuard):
-            self.trainer.round = t + 1
+            self.trainer.begin_round(t + 1, self.cfg.schedule.clients_per_round)
         r = run_round(
             t,
             self.weights,
@@ -141,6 +158,7 @@ class Simulation:
             trainer=self.trainer,
             full_size=self.full_size,
             on_client_done=on_client_done,
+            chunk=self.round_chunk,
         )
         if not bool(all_finite(list(self.weights.values()))):
             raise Diverged(
@@ -192,8 +210,14 @@ def make_trainer(cfg: RootConfig, model: models.FLModel, train: data.Samples, de
     return SequentialTrainer(model, train, sgd, device=device, workers=cpu_workers(cfg))
 
 
-def build(cfg: RootConfig, ds: data.FederatedDataset | None = None) -> Simulation:
-    """Load data, partition, and build model, strategy, compressor and trainer (seeded)."""
+def build(
+    cfg: RootConfig, ds: data.FederatedDataset | None = None, run_dir: Path | None = None
+) -> Simulation:
+    """Load data, partition, and build model, strategy, compressor and trainer (seeded).
+
+    Per-client state goes to one :class:`StateStore` with the ``state.*`` budget and dtype,
+    spilling to ``run_dir/state`` (a temporary directory without ``run_dir``).
+    """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
@@ -213,8 +237,15 @@ def build(cfg: RootConfig, ds: data.FederatedDataset | None = None) -> Simulatio
         cfg.on_nonfinite,
         divergence_hint(cfg),
     )
-    strategy = strategies.build(cfg.strategy, model, cfg.seed)
-    compressor = compression.build(cfg.compression, shapes=shapes, seed=cfg.seed, device=device)
+    store = StateStore(
+        cfg.state.memory_mb,
+        run_dir / STATE_DIR if run_dir is not None else None,
+        cfg.state.dtype,
+    )
+    strategy = strategies.build(cfg.strategy, model, cfg.seed, store)
+    compressor = compression.build(
+        cfg.compression, shapes=shapes, seed=cfg.seed, device=device, store=store
+    )
     if cfg.on_nonfinite == SKIP:  # skipped clients: no upload, no score-map update
         strategy, compressor = SkipObserve(strategy, guard), SkipUplink(compressor, guard)
     return Simulation(
@@ -226,6 +257,7 @@ def build(cfg: RootConfig, ds: data.FederatedDataset | None = None) -> Simulatio
         strategy=strategy,
         compressor=compressor,
         trainer=guard,
+        store=store,
     )
 
 
@@ -234,7 +266,7 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
     t_start = time.perf_counter()
     if cfg.progress != "none":  # loading (and verifying) a dataset can take seconds
         print(f"loading {cfg.dataset.name} ...", flush=True)
-    sim = build(cfg)
+    sim = build(cfg, run_dir=run_dir)
     ds, device, weights = sim.ds, sim.device, sim.weights
     strategy, compressor, test, full_size = sim.strategy, sim.compressor, sim.test, sim.full_size
     data.partition_table(sim.parts, ds.train.labels.cpu().numpy(), ds.num_classes).to_csv(
@@ -253,6 +285,7 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
     }
     ckpt_path = run_dir / CHECKPOINT
     ckpt = load_checkpoint(ckpt_path) if cfg.resume and ckpt_path.exists() else None
+    last_row = None  # the checkpoint's own round, when its row did not reach metrics.csv
     if ckpt is not None:
         differ = config_differences(ckpt["config"], _comparable(cfg))
         if differ:
@@ -262,6 +295,11 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
             )
         done = ckpt["state"]["round"]
         intact = len(intact_rows(run_dir / "metrics.csv", done))
+        last_row = ckpt.get("row")
+        if intact == done - 1 and last_row is not None and last_row["round"] == done:
+            intact = done  # killed between the checkpoint and its row: the row is in it
+        else:
+            last_row = None
         if intact < done:
             # rows intact..done are damaged or gone and the checkpoint holds only round `done`:
             # rounds are seeded by (seed, round), so running again from round 1 restores them
@@ -274,6 +312,10 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
                 flush=True,
             )
             ckpt = None
+    if ckpt is not None and "store" in ckpt:
+        sim.store.restore(ckpt["store"])  # per-client state stays on disk until asked for
+    else:
+        sim.store.reset()  # starting over (or from an inline checkpoint): no stale state files
     if ckpt is not None:
         with torch.no_grad():
             for k, w in weights.items():
@@ -281,7 +323,9 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
         strategy.load_state_dict(ckpt["strategy"])
         compressor.load_state_dict(ckpt["compressor"])
         state = ckpt["state"]
-    writer = MetricsWriter(run_dir / "metrics.csv", keep_rounds=state["round"])
+    writer = MetricsWriter(run_dir / "metrics.csv", keep_rounds=state["round"] - bool(last_row))
+    if last_row is not None:
+        writer.write(last_row)
     progress = RoundProgress(s.rounds, s.clients_per_round, cfg.progress, start=state["round"])
     try:
         for t in range(state["round"], s.rounds):
@@ -325,18 +369,20 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
                 "test_acc": test_acc,
                 "keep_fraction": r.keep_fraction,
                 "sparsity": r.compressor_stats.get("sparsity", 0.0),
-                "wall_s": time.perf_counter() - t0,
+                "wall_s": time.perf_counter() - t0,  # without the checkpoint (saved in it)
                 "train_s": r.train_s,
                 "eval_s": eval_s,
             }
-            writer.write(row)
-            state["elapsed"] += row["wall_s"]
             if state["round"] % cfg.checkpoint_every == 0 or state["round"] == s.rounds:
                 t_ckpt = time.perf_counter()
-                _save_checkpoint(ckpt_path, cfg, weights, strategy, compressor, state)
-                state["checkpoint_s"] = state.get("checkpoint_s", 0.0) + (
-                    time.perf_counter() - t_ckpt
-                )
+                saved = dict(state, elapsed=state["elapsed"] + row["wall_s"])
+                written = _save_checkpoint(ckpt_path, cfg, sim, saved, row)
+                ckpt_s = time.perf_counter() - t_ckpt
+                state["checkpoint_s"] = state.get("checkpoint_s", 0.0) + ckpt_s
+                state["checkpoint_bytes"] = state.get("checkpoint_bytes", 0) + written
+            row["wall_s"] = time.perf_counter() - t0  # the whole round, its checkpoint included
+            writer.write(row)
+            state["elapsed"] += row["wall_s"]
             progress.round_done(row)
     finally:
         progress.close()
@@ -351,12 +397,16 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
         "total_bytes_up": state["cum_up"],
         "total_bytes": state["cum_down"] + state["cum_up"],
         "train_wall_s": state["elapsed"],  # rounds + evaluation, summed over metrics.csv
-        "checkpoint_s": state.get("checkpoint_s", 0.0),  # writing checkpoint.pt, all rounds
+        "checkpoint_s": state.get("checkpoint_s", 0.0),  # checkpoints, all rounds (in wall_s)
+        "checkpoint_bytes": state.get("checkpoint_bytes", 0),  # written by them, all rounds
         "wall_s": time.perf_counter() - t_start,
         "num_params": full_size,
         "num_clients": len(parts),
         "majority_baseline": majority_share(test.labels),
         "compressor_state_bytes": compressor.state_nbytes(),
+        "client_state_bytes": sim.store.nbytes(),  # all per-client state, memory and disk
+        "client_state_peak_memory_bytes": sim.store.peak_resident,  # this process's peak
+        "client_state_disk_bytes": sim.store.disk_bytes(),
         "device": str(device),
         "config": asdict(cfg),
     }
@@ -379,6 +429,7 @@ MAY_CHANGE = (
     "threads",
     "checkpoint_every",
     "trainer",
+    "state.memory_mb",  # spilling to disk and reading back is exact
     "on_nonfinite",  # matters only once a result is non-finite
     "schedule.rounds",  # extending a finished run with more rounds is allowed
     "schedule.eval_every",
@@ -435,6 +486,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         if not isinstance(ckpt, dict) or not {"config", "weights", "state"} <= ckpt.keys():
             raise ValueError("not an afd checkpoint")
         int(ckpt["state"]["round"])
+        # checkpoints from before state.* existed kept everything in fp32
+        ckpt["config"].setdefault("state", {"dtype": "fp32"})
     except Exception as e:
         why = " ".join(str(e).split()) or type(e).__name__
         why = why if len(why) <= 80 else why[:79].rsplit(" ", 1)[0] + " ..."
@@ -442,21 +495,38 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             f"{path} is damaged and cannot be read ({type(e).__name__}: {why}); start over "
             f"with: afd resume {path.parent} --from-scratch"
         ) from None
+    if "store" in ckpt:
+        try:
+            check_index(ckpt["store"], path.parent / STATE_DIR)
+        except StateFileError as e:
+            raise CheckpointError(
+                f"{path} names client state that cannot be read ({e}); start over with: "
+                f"afd resume {path.parent} --from-scratch"
+            ) from None
     return ckpt
 
 
 def _save_checkpoint(
-    path: Path, cfg: RootConfig, weights, strategy, compressor, state: dict[str, Any]
-) -> None:
+    path: Path, cfg: RootConfig, sim: Simulation, state: dict[str, Any], row: dict[str, Any]
+) -> int:
+    """Write the checkpoint (see the module docstring); returns the bytes it wrote."""
+    before = sim.store.bytes_written
+    index = sim.store.commit()  # changed client state, under new file names
+    with sim.store.references():  # per-client state: only its namespace, the index has it
+        strategy_state, compressor_state = sim.strategy.state_dict(), sim.compressor.state_dict()
     tmp = path.with_suffix(".pt.tmp")
     torch.save(
         {
             "config": _comparable(cfg),
-            "weights": {k: w.cpu() for k, w in weights.items()},
-            "strategy": strategy.state_dict(),
-            "compressor": compressor.state_dict(),
+            "weights": {k: w.cpu() for k, w in sim.weights.items()},
+            "strategy": strategy_state,
+            "compressor": compressor_state,
             "state": dict(state),
+            "store": index,
+            "row": dict(row),
         },
         tmp,
     )
     os.replace(tmp, path)
+    sim.store.committed()  # only now: the files the new index no longer names
+    return sim.store.bytes_written - before + path.stat().st_size

@@ -29,7 +29,7 @@ import torch
 
 from .base import Params, RoundContext
 from .sparsify import sampled_topk_indices, torch_sampled_topk_indices, warmup_sparsity
-from .state import Shapes, np_view
+from .state import Shapes, StateStore, np_view
 from .topk import TopKCompressor
 
 if TYPE_CHECKING:
@@ -46,9 +46,10 @@ class DGCCompressor(TopKCompressor):
         seed: int = 0,
         device: torch.device | str | None = None,
         backend: str | None = None,
+        store: StateStore | None = None,
     ):
         self.buffers = ("u", "v") if cfg.momentum_correction else ("v",)
-        super().__init__(cfg, shapes, device, backend)
+        super().__init__(cfg, shapes, device, backend, store)
         # threshold sampling, where the state lives; it only picks *which* candidates are
         # examined: the selected sets are exact top-k either way
         self.generator = torch.Generator(device=self.device).manual_seed(seed)

@@ -23,16 +23,22 @@ import torch
 from . import codec
 from .base import Params, View
 from .sparsify import keep_count, topk_indices
-from .state import ClientStore, Shapes, np_view
+from .state import ClientStore, Shapes, StateStore, np_view
 
 
 class SparseDownlink:
     """Per-client copies plus the delta encoding against them."""
 
-    def __init__(self, values: str, dense_below: int, shapes: Shapes | None = None) -> None:
+    def __init__(
+        self,
+        values: str,
+        dense_below: int,
+        shapes: Shapes | None = None,
+        store: StateStore | None = None,
+    ) -> None:
         self.values = values
         self.dense_below = dense_below
-        self.copies = ClientStore(("w",), shapes, fill=math.nan)
+        self.copies = ClientStore(("w",), shapes, fill=math.nan, store=store, name="down")
         self.sent = 0  # entries sent since the last reset (for optional stats)
         self.total = 0
 
