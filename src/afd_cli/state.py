@@ -224,6 +224,10 @@ class StateStore:
             len(self._slots.get(n, {})) * self._spaces[n].nbytes for n in names if n in self._spaces
         )
 
+    def resident(self, ns: str) -> list[int]:
+        """Clients of ``ns`` whose slot is in memory now."""
+        return sorted(c for n, c in self._lru if n == ns)
+
     @property
     def resident_bytes(self) -> int:
         """Bytes of slots in memory now."""

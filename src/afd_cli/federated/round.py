@@ -16,11 +16,11 @@ as stacked ``[C, ...]`` operations.
 Chunks: the round's clients go through download, training, upload and aggregation ``chunk``
 at a time (all at once when ``chunk`` is None). Every client in flight holds about four model
 copies (received, trained, update, decoded update), so at 250 clients of a 1.7 M-parameter
-model a whole round held 6.6 GB; a chunk bounds that. The global weights change only after
-the last chunk and each client's work depends only on its own seed and state, so the result
-does not depend on the chunk size, apart from the order of float additions when clients of
-several sub-model shapes are aggregated (chunks are multiples of ``aggregate.STACK``, so a
-round of one shape sums in the same order).
+model a whole round held 6.6 GB; a chunk of 32 holds 0.85 GB. The global weights change only
+after the last chunk and each client's work depends only on its own seed and state, so the
+result does not depend on the chunk size, apart from the order of float additions when
+clients of several sub-model shapes are aggregated (chunks are multiples of
+``aggregate.STACK``, so a round of one shape sums in the same order).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from .aggregate import STACK, MaskedMean
 from .client import LocalJob, LocalResult
 
 Params = dict[str, torch.Tensor]
-CHUNK = 2 * STACK  # clients in flight at once (see the module docstring)
+CHUNK = STACK  # clients in flight at once (see the module docstring)
 
 
 @dataclass
