@@ -396,7 +396,7 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
         "total_bytes_down": state["cum_down"],
         "total_bytes_up": state["cum_up"],
         "total_bytes": state["cum_down"] + state["cum_up"],
-        "train_wall_s": state["elapsed"],  # rounds + evaluation, summed over metrics.csv
+        "train_wall_s": state["elapsed"],  # rounds incl. evaluation and checkpoints (wall_s)
         "checkpoint_s": state.get("checkpoint_s", 0.0),  # checkpoints, all rounds (in wall_s)
         "checkpoint_bytes": state.get("checkpoint_bytes", 0),  # written by them, all rounds
         "wall_s": time.perf_counter() - t_start,

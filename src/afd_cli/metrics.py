@@ -4,6 +4,12 @@
 every finished round; on resume the rows past the checkpoint (and a damaged tail) are dropped
 first, so the file never holds a round twice or a half row. Timing columns (``wall_s``,
 ``train_s``, ``eval_s``) are the only ones that differ between two runs with the same seed.
+
+``wall_s`` is the whole round: sampling, training, codecs, aggregation, evaluation and the
+round's checkpoint (when one is due), which is written just before its row. The checkpoint
+holds that row (with ``wall_s`` up to the checkpoint), and a resume after a kill between the
+two appends it from there: the one case where ``wall_s`` leaves its checkpoint out.
+``train_s``: local training, wall time; ``eval_s``: test evaluation.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ COLUMNS = [
     "test_acc",
     "keep_fraction",
     "sparsity",
-    "wall_s",
+    "wall_s",  # the whole round, its checkpoint included (see the module docstring)
     "train_s",
     "eval_s",
 ]
