@@ -88,7 +88,7 @@ class _Slot:
 class StateStore:
     """Slots of per-client state: in memory up to a budget, least recently used spill to disk.
 
-    ``memory_mb``: bytes of slots kept in memory (``None``: no limit, nothing is ever
+    ``memory_mb``: MiB of slots kept in memory (``None``: no limit, nothing is ever
     spilled). The slot in use is never spilled, so a budget smaller than one slot keeps one.
     ``directory``: where spilled and checkpointed slots go (a run's ``state/``); ``None``
     makes a temporary directory on the first spill, removed with the store.
@@ -179,7 +179,8 @@ class StateStore:
         return slot.flat
 
     def peek(self, ns: str, client: int) -> torch.Tensor:
-        """The slot's values without making it resident (a copy read from disk, if spilled)."""
+        """The slot's values without making it resident: read only (the store's own tensor
+        when in memory, else a copy read from disk)."""
         slot = self._slots[ns][client]
         if slot.flat is not None:
             return slot.flat
