@@ -33,7 +33,8 @@ A *team* says which of the round's clients this process trains and gathers every
 Under torchrun (:mod:`.distributed`) each process encodes, trains and uploads its own clients,
 and every process then decodes and aggregates all uploads in client order, as one process does.
 A team of several processes takes the round in one chunk (its exchange settles the round's
-non-finite clients and upload counts at once); each process holds only its own share.
+non-finite clients and upload counts at once); each process trains only its own share, and
+decodes and aggregates the gathered uploads ``STACK`` at a time.
 """
 
 from __future__ import annotations
@@ -199,17 +200,18 @@ def run_round(
                 rec.bytes_up, rec.dropped = 0, True
         records += recs
         # every payload is decoded (a compressor may expect each encoded upload to be decoded:
-        # guard.SkipUplink does), the dropped ones are then discarded unused
-        decoded = [
-            to_device(compressor.decode_up(cid, payload, view), device)
-            for cid, payload, view in zip(ids, ups.payloads, vs, strict=True)
-        ]
-        keep = [i for i, cid in enumerate(ids) if cid not in dropped]
-        kept += [lo + i for i in keep]
-        received = [decoded[i] for i in keep]
-        del decoded, ups
-        mean.add_many([vs[i] for i in keep], received, [sizes[lo + i] for i in keep])
-        del received
+        # guard.SkipUplink does), the dropped ones are then discarded unused; STACK at a time,
+        # so a team's one big chunk never holds all decoded updates at once
+        for a in range(0, len(ids), STACK):
+            part = range(a, min(a + STACK, len(ids)))
+            decoded = {i: compressor.decode_up(ids[i], ups.payloads[i], vs[i]) for i in part}
+            keep = [i for i in part if ids[i] not in dropped]
+            kept += [lo + i for i in keep]
+            received = [to_device(decoded[i], device) for i in keep]
+            del decoded
+            mean.add_many([vs[i] for i in keep], received, [sizes[lo + i] for i in keep])
+            del received
+        del ups
     server_step = getattr(compressor, "apply_aggregate", None)  # e.g. server momentum
     if server_step is None:
         mean.apply_(weights)
