@@ -335,3 +335,16 @@ def test_make_setup_says_how_to_put_afd_on_the_path():
     assert ". $(BIN)/activate" in setup or ". .venv/bin/activate" in setup
     quick = (ROOT / "README.md").read_text().split("## Quick start")[1].split("\n## ")[0]
     assert ". .venv/bin/activate" in quick
+
+
+def test_all_finite_is_exact_when_a_sum_overflows():
+    """The fast path trusts finite sums; a sum that overflows on finite entries must fall
+    back to the exact check instead of calling a finite model diverged."""
+    import torch
+
+    from afd_cli.federated.guard import all_finite
+
+    big = torch.full((4,), 3e38)  # finite entries whose fp32 sum is inf
+    assert bool(all_finite([big, torch.zeros(3)]))
+    assert not bool(all_finite([big, torch.tensor([1.0, float("nan")])]))
+    assert not bool(all_finite([torch.tensor([float("inf"), -float("inf")])]))  # sum is nan

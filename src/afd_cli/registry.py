@@ -13,7 +13,7 @@ Adding a plug-in: write its module, add one line here and one ``conf/<group>/<na
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,17 +106,23 @@ def names(group: str) -> tuple[str, ...]:
     return tuple(GROUPS[group])
 
 
+def unread(group: str, name: Any, keys: Iterable[str]) -> list[str]:
+    """Those of ``keys`` (a group's keys, without the ``group.`` prefix) that option
+    ``group=name`` does not read; none when the option is unknown or reads all."""
+    plugin = GROUPS[group].get(str(name))
+    if plugin is None or plugin.reads is None:
+        return []
+    return [k for k in keys if k != "name" and k not in plugin.reads]
+
+
 def unread_keys(config: Mapping[str, Any]) -> list[str]:
     """Dotted keys of a (nested) config dict that its chosen plug-ins do not read, e.g.
     ``strategy.rate`` under ``strategy=fedavg``: they cannot change its results."""
     out = []
-    for group, table in GROUPS.items():
+    for group in GROUPS:
         node = config.get(group)
-        if not isinstance(node, Mapping) or node.get("name") not in table:
-            continue
-        reads = table[node["name"]].reads
-        if reads is not None:
-            out += [f"{group}.{k}" for k in node if k != "name" and k not in reads]
+        if isinstance(node, Mapping):
+            out += [f"{group}.{k}" for k in unread(group, node.get("name"), node)]
     return out
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..registry import GROUPS
+from ..registry import GROUPS, unread
 from .common import CORE_KEYS, IGNORED_KEYS, REQUIRED_COLUMNS, ReportError, Run
 
 
@@ -62,15 +62,12 @@ def _normalise_config(flat: dict[str, Any]) -> dict[str, Any]:
 
 
 def unread_keys(flat: dict[str, Any]) -> set[str]:
-    """Flattened keys (``strategy.rate``) the run's plug-ins do not read (see registry)."""
+    """Flattened keys (``strategy.rate``) the run's plug-ins do not read (registry.unread)."""
     out = set()
-    for group, table in GROUPS.items():
-        plugin = table.get(str(flat.get(group)))
-        if plugin is not None and plugin.reads is not None:
-            prefix = f"{group}."
-            out |= {
-                k for k in flat if k.startswith(prefix) and k[len(prefix) :] not in plugin.reads
-            }
+    for group in GROUPS:
+        n = len(group) + 1
+        keys = [k[n:] for k in flat if k[:n] == f"{group}."]
+        out |= {f"{group}.{k}" for k in unread(group, flat.get(group), keys)}
     return out
 
 
@@ -233,7 +230,8 @@ def load_runs(
             cfg.setdefault(k, "?")
         # options a run's plug-ins do not read (compression.sparsity of a dense codec) must
         # not split a sweep's groups
-        cfg = {k: v for k, v in cfg.items() if k not in unread_keys(cfg)}
+        unused = unread_keys(cfg)
+        cfg = {k: v for k, v in cfg.items() if k not in unused}
         cfg.pop("seed", None)
         df = df.assign(seed=cfg_seed if cfg_seed is not None else str(run_dir.name))
         finished = (run_dir / "summary.json").exists()
