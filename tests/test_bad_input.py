@@ -151,6 +151,21 @@ CASES: list[tuple[str, list[str], str]] = [
     ("report-network-unknown", ["report", "empty", "--network", "5g"], "network='5g' is not"),
     ("report-network-value", ["report", "empty", "network.up_mbps=-1"], "network.up_mbps=-1.0"),
     ("report-other-override", ["report", "empty", "seed=3"], "can only change network.* keys"),
+    # client state (issue 12 item 5)
+    (
+        "state-memory-negative",
+        [RUN, "state.memory_mb=-1"],
+        "state.memory_mb=-1 is out of range; expected null or an integer >= 0",
+    ),
+    ("state-memory-not-int", [RUN, "state.memory_mb=lots"], "state.memory_mb"),
+    ("state-memory-float", [RUN, "state.memory_mb=0.5"], "state.memory_mb=0.5"),
+    (
+        "state-dtype",
+        [RUN, "state.dtype=int8"],
+        "state.dtype='int8' is not valid; choose one of: fp32, fp16, bf16",
+    ),
+    ("state-unknown-key", [RUN, "state.size=3"], "unknown config key 'state.size'"),
+    ("state-group", [RUN, "state=big"], "state='big' is not valid; choose one of: default"),
     # malformed override syntax
     ("no-equals", [RUN, "strategy"], "strategy"),
     ("empty-key", [RUN, "=3"], "override '=3' has no key; expected key=value"),

@@ -34,6 +34,8 @@ BAD = {
     "schedule.momentum=1.5": "schedule.momentum=1.5 is out of range",
     "compression.downlink=true": "compression.downlink=true needs a sparse compressor, not "
     "compression='none'; choose one of: topk, dgc",
+    "state.dtype=fp8": "state.dtype='fp8' is not valid; choose one of: fp32, fp16, bf16",
+    "state.memory_mb=-5": "state.memory_mb=-5 is out of range; expected null or an integer >= 0",
 }
 
 

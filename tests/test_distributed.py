@@ -95,12 +95,21 @@ def assert_same(a, b, where: str = "checkpoint") -> None:
         assert a == b, (where, a, b)
 
 
+def checkpoint(run_dir: Path) -> dict:
+    """The checkpoint with every client's state inline: a one-process run's checkpoint names
+    files in ``state/`` (incremental), a torchrun run's holds the gathered values."""
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    if "store" in ckpt:
+        cfg = validate(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
+        experiment._inline_store(ckpt, cfg, experiment.build(cfg), run_dir / experiment.STATE_DIR)
+    return ckpt
+
+
 def assert_same_run(a: Path, b: Path) -> None:
     pd.testing.assert_frame_equal(metrics(a), metrics(b))
     # the per-client record (bytes, samples, FLOPs) is the same whichever process trained whom
     pd.testing.assert_frame_equal(pd.read_csv(a / "clients.csv"), pd.read_csv(b / "clients.csv"))
-    ca = torch.load(a / "checkpoint.pt", weights_only=False)
-    cb = torch.load(b / "checkpoint.pt", weights_only=False)
+    ca, cb = checkpoint(a), checkpoint(b)
     for key in ("weights", "strategy", "compressor"):
         assert_same(ca[key], cb[key], key)
     assert ca["state"]["round"] == cb["state"]["round"]

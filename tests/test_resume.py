@@ -3,7 +3,9 @@ or an override that alters results is refused with one line, before any file is 
 
 import json
 import shutil
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -252,3 +254,181 @@ def test_keys_a_plugin_does_not_read_never_block_a_resume():
         "strategy.explore",
         "strategy.rate",
     ]
+
+
+# --- per-client state on disk: a tiny budget, kill -9 anywhere in the checkpoint protocol -----
+
+# every kind of per-client state (DGC u/v, downlink copies, AFD multi score maps); a budget of
+# 0 MB keeps one client's slot in memory, so every round spills to state/ and reads back
+STATEFUL = [
+    *SMALL,
+    "compression=dgc",
+    "compression.downlink=true",
+    "strategy=multi",
+    "strategy.rate=0.25",
+    "schedule.rounds=4",
+]
+# A child that runs `afd` with one step of the protocol replaced by SIGKILL (a real kill -9 at
+# an exact moment): the n-th slot file write (a spill in a round, or a checkpoint's), the n-th
+# write cut after half its bytes, the n-th checkpoint.pt replace (its tmp file written), or
+# the n-th clean-up after a replace (the new index saved, old generations still there).
+KILLER = """
+import os, signal, sys
+import numpy as np
+from afd_cli import experiment, state
+what, n = sys.argv[1], int(sys.argv[2])
+calls = [0]
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+def nth():
+    calls[0] += 1
+    return calls[0] == n
+write, committed, replace = state.StateStore._write, state.StateStore.committed, os.replace
+def _write(self, ns, client, slot):
+    if what in ("write", "half") and nth():
+        if what == "half":
+            path = self._path(ns, client, self._next_gen)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            raw = slot.flat.detach().cpu().contiguous().view(state.torch.uint8).numpy()
+            path.write_bytes(raw.tobytes()[: raw.nbytes // 2])
+        die()
+    return write(self, ns, client, slot)
+def _committed(self):
+    if what == "committed" and nth():
+        die()
+    return committed(self)
+def _replace(src, dst):
+    if what == "replace" and str(dst).endswith("checkpoint.pt") and nth():
+        die()
+    return replace(src, dst)
+state.StateStore._write, state.StateStore.committed = _write, _committed
+experiment.os.replace = _replace
+sys.argv = ["afd", *sys.argv[3:]]
+from afd_cli.cli import main
+main()
+"""
+
+
+@pytest.fixture(scope="module")
+def stateful(tmp_path_factory) -> Path:
+    """The uninterrupted run, all state in memory (the budget may not change the numbers)."""
+    root = tmp_path_factory.mktemp("stateful")
+    p = afd(root, "run", *STATEFUL, "state.memory_mb=null", f"hydra.run.dir={root / 'done'}")
+    assert p.returncode == 0, p.stderr
+    summary = json.loads((root / "done" / "summary.json").read_text())
+    assert summary["client_state_peak_memory_bytes"] == summary["client_state_bytes"] > 0
+    return root / "done"
+
+
+def _indexed_files(run: Path) -> set[Path]:
+    import torch
+
+    index = torch.load(run / "checkpoint.pt", weights_only=False)["store"]
+    return {
+        run / "state" / ns / f"c{c}_g{g}.bin"
+        for ns, slots in index["slots"].items()
+        for c, g in slots.items()
+    }
+
+
+@pytest.mark.parametrize(
+    "what, n",
+    [
+        ("write", 5),  # a spill in round 1, before any checkpoint
+        ("half", 24),  # round 2's checkpoint, its slot file cut halfway
+        ("replace", 2),  # round 2's files and checkpoint.pt.tmp written, not yet in place
+        ("committed", 3),  # round 3's checkpoint in place, the old generations not yet deleted
+        ("write", 30),  # a spill in round 3 (files no index names)
+    ],
+)
+def test_kill_9_anywhere_resumes_exactly_with_state_on_disk(stateful, tmp_path, what, n):
+    run = tmp_path / "r"
+    argv = [sys.executable, "-c", KILLER, what, str(n), "run", *STATEFUL, "state.memory_mb=0"]
+    p = subprocess.run(
+        [*argv, f"hydra.run.dir={run}"], capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
+    assert p.returncode == -signal.SIGKILL, p.stderr  # killed where intended, not finished
+    p = afd(tmp_path, "resume", str(run))
+    assert p.returncode == 0, p.stderr
+    assert_same_rounds(stateful, run)
+    assert set((run / "state").rglob("*.bin")) == _indexed_files(run)  # no leftovers
+
+
+def test_kill_between_checkpoint_and_row_appends_the_row_from_the_checkpoint(finished, run):
+    """The checkpoint is written before its round's row (so wall_s can include it) and holds
+    that row: a kill between the two needs no recomputation."""
+    lines = (run / "metrics.csv").read_bytes().split(b"\n")
+    (run / "metrics.csv").write_bytes(b"\n".join([*lines[:-2], b""]))  # round 3's row lost
+    p = afd(run.parent, "resume", str(run))
+    assert p.returncode == 0, p.stderr
+    assert "recomputing" not in p.stderr
+    after = (run / "metrics.csv").read_bytes().split(b"\n")
+    assert after[:-2] == lines[:-2]  # rounds 1-2 untouched
+    # round 3 is the checkpoint's copy: the same train_s and eval_s (not run again); its
+    # wall_s was taken before the checkpoint it was saved in, so it lacks that checkpoint
+    wall = COLUMNS.index("wall_s")
+    got, want = after[-2].split(b","), lines[-2].split(b",")
+    assert got[:wall] + got[wall + 1 :] == want[:wall] + want[wall + 1 :]
+    assert float(got[wall]) <= float(want[wall])
+
+
+def test_an_inline_checkpoint_from_before_the_state_store_still_resumes(stateful, tmp_path):
+    """Checkpoints used to hold every client's state inline (and no row, no index)."""
+    import torch
+
+    from afd_cli import cli, experiment
+
+    run = tmp_path / "r"
+    p = afd(
+        tmp_path,
+        "run",
+        *[o for o in STATEFUL if "rounds" not in o],
+        "schedule.rounds=2",
+        f"hydra.run.dir={run}",
+    )
+    assert p.returncode == 0, p.stderr
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
+    cfg = cli.check([*STATEFUL, "schedule.rounds=2"])
+    sim = experiment.build(cfg, run_dir=run)
+    sim.store.restore(ckpt.pop("store"))
+    ckpt.pop("row")
+    ckpt["config"].pop("state")
+    inline = sim.compressor.state_dict()  # the clients' buffers; the rest is the run's own
+    ckpt["compressor"].update(up=inline["up"], down=inline["down"])
+    ckpt["strategy"] = sim.strategy.state_dict()
+    assert sorted(ckpt["compressor"]["up"]) == sim.compressor.up.clients() != []
+    assert sorted(ckpt["strategy"]["maps"]) == sorted(sim.strategy.maps) != []
+    torch.save(ckpt, run / "checkpoint.pt")
+    shutil.rmtree(run / "state")
+    p = afd(tmp_path, "resume", str(run), "schedule.rounds=4")
+    assert p.returncode == 0, p.stderr
+    assert_same_rounds(stateful, run)
+    assert _indexed_files(run) and set((run / "state").rglob("*.bin")) == _indexed_files(run)
+
+
+def test_from_scratch_deletes_the_state_files(run):
+    stale = run / "state" / "up" / "c1_g1.bin"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"x")
+    p = afd(run.parent, "resume", str(run), "--from-scratch")
+    assert p.returncode == 0, p.stderr
+    assert not stale.exists()
+
+
+def test_a_missing_state_file_is_refused_naming_it(stateful, tmp_path):
+    run = tmp_path / "r"
+    shutil.copytree(stateful, run)
+    (victim,) = sorted(_indexed_files(run))[:1]
+    victim.unlink()
+    line = one_line_error(afd(tmp_path, "resume", str(run)))
+    assert f"{run / 'checkpoint.pt'} names client state that cannot be read ({victim} is " in line
+    assert line.endswith(f"afd resume {run} --from-scratch")
+
+
+def test_state_memory_mb_may_change_on_resume_but_state_dtype_may_not(stateful, tmp_path):
+    run = tmp_path / "r"
+    shutil.copytree(stateful, run)
+    line = one_line_error(afd(tmp_path, "resume", str(run), "state.dtype=fp16"))
+    assert "state.dtype (run: fp32, asked: fp16)" in line
+    p = afd(tmp_path, "resume", str(run), "state.memory_mb=0", "schedule.rounds=5")
+    assert p.returncode == 0, p.stderr

@@ -13,13 +13,17 @@
     clients (cnn_femnist, B=10, 200 samples per client) next to one big batch of the same
     total size through one model, with peak GPU memory; then (b) on the GPU;
 (e) the same trainers on CPU (cnn_mnist and mlp, 10 clients x 600 samples): the measurement
-    behind ``trainer=auto`` choosing sequential on CPU.
+    behind ``trainer=auto`` choosing sequential on CPU;
+(f) checkpoint cost in ``experiment=paper_mnist compression=dgc`` once all 100 clients hold
+    DGC state (filled directly): seconds and MB of the incremental checkpoint after a round,
+    next to the round itself (with evaluation) and to a full checkpoint with every client's
+    state inline (what every checkpoint was before the client-state store).
 
 Setup of (a), (b): MNIST iid, 100 clients, 10 per round, E=1, B=10, lr 0.05. Times are
 medians over ``--repeats`` rounds after one warm-up round. Results are printed and written to
 ``outputs/benchmarks/<time>.json``.
 
-    python -m afd_cli.bench [--repeats 3] [--out outputs/benchmarks] [--only a,b,c,d,e]
+    python -m afd_cli.bench [--repeats 3] [--out outputs/benchmarks] [--only a,b,c,d,e,f]
 """
 
 from __future__ import annotations
@@ -305,6 +309,60 @@ def rounds_in_subprocesses(device: str, rounds: int) -> list[dict[str, Any]]:
     return out
 
 
+def checkpoint_cost(repeats: int) -> dict[str, Any]:
+    """(f): see the module docstring. Rounds 51.. (DGC at its 99.9% target); the store keeps
+    the configured ``state.memory_mb``, so some clients live on disk as in a real run."""
+    from . import cli, experiment
+    from .submodel import View
+
+    cfg = cli.check(["experiment=paper_mnist", "compression=dgc", "progress=none"])
+    with tempfile.TemporaryDirectory(prefix="afd-bench-ckpt-") as tmp:
+        run_dir = Path(tmp)
+        sim = experiment.build(cfg, run_dir=run_dir)
+        comp, full, gen = sim.compressor, View(sim.model), torch.Generator().manual_seed(0)
+        for c in range(cfg.schedule.num_clients):  # every client has taken part
+            comp.up.gather(c, full, sim.weights)
+            for key in comp.up.keys:
+                small = {
+                    n: 1e-6 * torch.randn(w.shape, generator=gen) for n, w in sim.weights.items()
+                }
+                comp.up.scatter(c, full, key, small)
+        path, state = run_dir / experiment.CHECKPOINT, {"round": 50}
+        experiment._save_checkpoint(path, cfg, sim, state, {})
+        rounds, incremental, full_s, full_mb = [], [], [], []
+        for t in range(50, 50 + repeats):
+            t0 = time.perf_counter()
+            sim.round(t)
+            sim.evaluate(sim.weights)
+            rounds.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            written = experiment._save_checkpoint(path, cfg, sim, state, {})
+            incremental.append((time.perf_counter() - t0, written / 1e6))
+            t0 = time.perf_counter()
+            inline = run_dir / "inline.pt"
+            torch.save(
+                {
+                    "weights": {k: w.cpu() for k, w in sim.weights.items()},
+                    "strategy": sim.strategy.state_dict(),
+                    "compressor": sim.compressor.state_dict(),
+                },
+                inline,
+            )
+            full_s.append(time.perf_counter() - t0)
+            full_mb.append(inline.stat().st_size / 1e6)
+            inline.unlink()
+        return {
+            "setting": "experiment=paper_mnist compression=dgc, 100 clients with state",
+            "state_memory_mb": cfg.state.memory_mb,
+            "state_mb": sim.store.nbytes() / 1e6,
+            "round_s": statistics.median(rounds),
+            "incremental_s": statistics.median(s for s, _ in incremental),
+            "incremental_mb": statistics.median(mb for _, mb in incremental),
+            "full_s": statistics.median(full_s),
+            "full_mb": statistics.median(full_mb),
+        }
+
+
 def codec_sizes() -> list[dict[str, Any]]:
     """(c): cnn_mnist-sized random tensors, sparse top-k and dense, against the bound."""
     from . import models
@@ -462,11 +520,22 @@ def _print_codec(rows: list[dict[str, Any]]) -> None:
     console.print(t)
 
 
+def _print_checkpoint(r: dict[str, Any]) -> None:
+    t = Table(title=f"(f) checkpoint cost, {r['setting']} ({r['state_mb']:,.0f} MB)")
+    for col in ("checkpoint", "s", "MB written", "% of a round"):
+        t.add_column(col, justify="right" if col != "checkpoint" else "left")
+    t.add_row("round (with evaluation)", f"{r['round_s']:.2f}", "", "")
+    for name, key in (("incremental (now)", "incremental"), ("full, all inline", "full")):
+        s, mb = r[f"{key}_s"], r[f"{key}_mb"]
+        t.add_row(name, f"{s:.2f}", f"{mb:,.1f}", f"{100 * s / r['round_s']:.1f}%")
+    console.print(t)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m afd_cli.bench", description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=3, help="timed rounds per measurement")
     ap.add_argument("--out", type=Path, default=Path("outputs/benchmarks"))
-    ap.add_argument("--only", default="a,b,c,d,e", help="sections to run, e.g. a,c")
+    ap.add_argument("--only", default="a,b,c,d,e,f", help="sections to run, e.g. a,c")
     ap.add_argument("--child", nargs=4, metavar=("STRATEGY", "COMPRESSION", "DEVICE", "ROUNDS"))
     args = ap.parse_args(argv)
     if args.child:
@@ -520,6 +589,9 @@ def main(argv: list[str] | None = None) -> int:
             f"(e) CPU trainers (why trainer=auto is sequential here), 10 clients x 600 "
             f"samples, B=10, {workers} threads: client-samples/s",
         )
+    if "f" in only:
+        results["checkpoint"] = checkpoint_cost(args.repeats)
+        _print_checkpoint(results["checkpoint"])
     results["wall_s"] = time.perf_counter() - t_start
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}.json"

@@ -14,6 +14,7 @@ import itertools
 import json
 import os
 import secrets
+import shutil
 import sys
 import traceback
 from dataclasses import MISSING, fields
@@ -63,7 +64,7 @@ register_schema()
 # runs started in the same second (conf/config.yaml, hydra.run.dir).
 OmegaConf.register_new_resolver("afd_uid", lambda: secrets.token_hex(3), replace=True)
 SCALAR_KEYS = {f.name for f in fields(RootConfig) if f.default_factory is MISSING}
-RUN_FILES = (".hydra", "metrics.csv", "checkpoint.pt", "summary.json")
+RUN_FILES = (".hydra", "metrics.csv", "checkpoint.pt", "summary.json", "state")
 app = typer.Typer(
     help="Communication-efficient federated learning experiments: FedAvg, "
     "Federated Dropout, Adaptive Federated Dropout, Deep Gradient Compression.",
@@ -529,8 +530,12 @@ def _prepare_resume(run_dir: Path, overrides: list[str] | None, from_scratch: bo
     except ConfigError as e:
         fail(str(e))
     if from_scratch:
+        from .experiment import STATE_DIR
+
         for name in RUN_OUTPUTS:
             (run_dir / name).unlink(missing_ok=True)
+        # after checkpoint.pt: a run starting without one deletes any state files itself
+        shutil.rmtree(run_dir / STATE_DIR, ignore_errors=True)
     elif record is not None:
         with (run_dir / "resume.log").open("a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")

@@ -25,6 +25,7 @@ PRECISIONS = ("fp32", "bf16")
 ON_NONFINITE = ("stop", "skip_client")
 # network profiles: data, not plug-ins (conf/network/<name>.yaml; a test keeps them equal)
 NETWORKS = ("none", "cellular_3g", "lte", "wifi")  # none = no clock
+STATE_DTYPES = ("fp32", "fp16", "bf16")
 # numpy's legacy seeding and torch.Generator.manual_seed both take any value in [0, 2**32 - 1];
 # outside it a run failed after loading the data with a message about the partition
 # (seed=-1) or an int64 overflow (a 23-digit seed), and had already made its run directory.
@@ -145,6 +146,18 @@ class NetworkConfig:
 
 
 @dataclass
+class StateConfig:
+    """Where per-client state lives (DGC u/v, downlink copies, Multi-Model AFD score maps)."""
+
+    # in memory up to this many MiB; beyond it the least recently used clients' state goes to
+    # files in the run directory (state/). null = no limit. Results do not depend on it.
+    # 1024 leaves room for a round's working memory: 1,000 cnn_mnist DGC clients, 250 a
+    # round, stay under 4 GiB of RSS (README, "Client state").
+    memory_mb: int | None = 1024
+    dtype: str = "fp32"  # precision the compressors' buffers are kept in: fp32 | fp16 | bf16
+
+
+@dataclass
 class RootConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
@@ -154,6 +167,7 @@ class RootConfig:
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    state: StateConfig = field(default_factory=StateConfig)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "fp32"  # fp32 | bf16 (autocast in local training and evaluation)
@@ -209,6 +223,7 @@ def validate(cfg: DictConfig) -> RootConfig:
     _choice("compression.first_copy", c.compression.first_copy, VALUE_FORMATS)
     _choice("strategy.score_update", c.strategy.score_update, ("relative", "absolute"))
     validate_network(c.network)
+    _choice("state.dtype", c.state.dtype, STATE_DTYPES)
 
     s = c.schedule
     for key in (
@@ -325,6 +340,12 @@ def validate(cfg: DictConfig) -> RootConfig:
         "trainer.chunk",
         c.trainer.chunk,
         "null or an integer >= 1",
+    )
+    _check(
+        c.state.memory_mb is None or c.state.memory_mb >= 0,
+        "state.memory_mb",
+        c.state.memory_mb,
+        "null or an integer >= 0",
     )
     _check(0 <= c.seed <= MAX_SEED, "seed", c.seed, f"an integer in [0, {MAX_SEED}]")
     _check(c.checkpoint_every >= 1, "checkpoint_every", c.checkpoint_every, "an integer >= 1")

@@ -2,11 +2,21 @@
 
 Outputs in the run directory: ``metrics.csv`` (a row per round), ``clients.csv`` (a row per
 client and round: bytes, samples, steps, FLOPs), ``partition.csv`` (per-client sizes and label
-histograms), ``checkpoint.pt`` (global model + strategy/compressor state, for
-resume), ``summary.json`` (written last: its presence marks a finished run).
+histograms), ``checkpoint.pt`` (global model, the small strategy/compressor state and the index
+of ``state/``, for resume), ``state/`` (per-client state files, see :mod:`afd_cli.state`),
+``summary.json`` (written last: its presence marks a finished run).
+
+A checkpoint is incremental: :meth:`StateStore.commit` writes only the per-client state that
+changed since it was last written, under new file names, then ``checkpoint.pt`` is replaced
+atomically and only then are the files it no longer names deleted. It is written before the
+round's row, so the row's ``wall_s`` includes it; the checkpoint holds that row too, so a kill
+between the two appends it on resume instead of recomputing the run.
 
 Under torchrun (:mod:`.federated.distributed`) every process runs this with its share of the
-clients, and only rank 0 reads and writes the run directory.
+clients, and only rank 0 reads and writes the run directory. There a checkpoint is the full
+one (every process's per-client state gathered into rank 0's ``checkpoint.pt``, no
+``state/`` index; each process spills to a private temporary directory), and a one-process
+checkpoint's ``state/`` is read into that form on resume.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ import torch
 from . import compression, data, models, network, registry, strategies
 from .config import ConfigError, RootConfig
 from .federated import distributed
+from .federated import round as round_loop
 from .federated.client import Evaluator, LocalSGD, SequentialTrainer, Trainer
 from .federated.guard import SKIP, STOP, Diverged, FiniteGuard, SkipObserve, SkipUplink, all_finite
 from .federated.round import SOLO, ClientRecord, RoundResult, Solo, run_round
@@ -38,9 +49,11 @@ from .metrics import (
     sim_time_to,
     write_json_atomic,
 )
+from .state import StateFileError, StateStore, check_index
 
 CHECKPOINT = "checkpoint.pt"
 CLIENTS = "clients.csv"
+STATE_DIR = "state"  # per-client state files (spilled and checkpointed), see afd_cli.state
 TARGET_SHARE = 0.99  # summary.json's target: this share of the run's best accuracy
 
 
@@ -108,6 +121,7 @@ class Simulation:
     strategy: Any
     compressor: Any
     trainer: Trainer
+    store: StateStore
     team: Solo = field(default=SOLO)  # the processes of a torchrun run share the clients
 
     def __post_init__(self) -> None:
@@ -132,6 +146,12 @@ class Simulation:
         self.cost = TrainingCost(self.model, example, s.local_epochs, s.batch_size)
         self.profile = network.Profile.of(self.cfg.network)  # None: network=none, no clock
 
+    @property
+    def round_chunk(self) -> int | None:
+        """Clients in flight at once: bounded on the host (memory grows ~4 model copies per
+        client); on a GPU the whole round, so the batched trainer sees it as wide as it is."""
+        return None if self.device.type == "cuda" else round_loop.CHUNK
+
     def new_model(self) -> models.FLModel:
         """A freshly initialised full model of the configured family (same device)."""
         return new_model(self.cfg, self.ds, self.device)
@@ -144,7 +164,7 @@ class Simulation:
     def round(self, t: int, on_client_done=None) -> RoundResult:
         """Round ``t`` (0-based); raises :class:`Diverged` on a non-finite result."""
         if isinstance(self.trainer, FiniteGuard):
-            self.trainer.round = t + 1
+            self.trainer.begin_round(t + 1, self.cfg.schedule.clients_per_round)
         r = run_round(
             t,
             self.weights,
@@ -158,6 +178,7 @@ class Simulation:
             on_client_done=on_client_done,
             drop=self._late(t) if self.profile and self.profile.deadline_s else None,
             team=self.team,
+            chunk=self.round_chunk,
         )
         if not bool(all_finite(list(self.weights.values()))):
             raise Diverged(
@@ -230,8 +251,14 @@ def make_trainer(cfg: RootConfig, model: models.FLModel, train: data.Samples, de
     return SequentialTrainer(model, train, sgd, device=device, workers=cpu_workers(cfg))
 
 
-def build(cfg: RootConfig, ds: data.FederatedDataset | None = None) -> Simulation:
-    """Load data, partition, and build model, strategy, compressor and trainer (seeded)."""
+def build(
+    cfg: RootConfig, ds: data.FederatedDataset | None = None, run_dir: Path | None = None
+) -> Simulation:
+    """Load data, partition, and build model, strategy, compressor and trainer (seeded).
+
+    Per-client state goes to one :class:`StateStore` with the ``state.*`` budget and dtype,
+    spilling to ``run_dir/state`` (a temporary directory without ``run_dir``).
+    """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
@@ -251,8 +278,16 @@ def build(cfg: RootConfig, ds: data.FederatedDataset | None = None) -> Simulatio
         cfg.on_nonfinite,
         divergence_hint(cfg),
     )
-    strategy = strategies.build(cfg.strategy, model, cfg.seed)
-    compressor = compression.build(cfg.compression, shapes=shapes, seed=cfg.seed, device=device)
+    store = StateStore(
+        cfg.state.memory_mb,
+        # under torchrun each process spills to a private temporary directory (None)
+        run_dir / STATE_DIR if run_dir is not None and distributed.world() is None else None,
+        cfg.state.dtype,
+    )
+    strategy = strategies.build(cfg.strategy, model, cfg.seed, store)
+    compressor = compression.build(
+        cfg.compression, shapes=shapes, seed=cfg.seed, device=device, store=store
+    )
     if cfg.on_nonfinite == SKIP:  # skipped clients: no upload, no score-map update
         strategy, compressor = SkipObserve(strategy, guard), SkipUplink(compressor, guard, shapes)
     team, compressor = distributed.team(guard, compressor, device)
@@ -265,6 +300,7 @@ def build(cfg: RootConfig, ds: data.FederatedDataset | None = None) -> Simulatio
         strategy=strategy,
         compressor=compressor,
         trainer=guard,
+        store=store,
         team=team,
     )
 
@@ -275,7 +311,7 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
     lead = distributed.is_lead()  # the one process that reads and writes run_dir
     if cfg.progress != "none" and lead:  # loading (and verifying) a dataset can take seconds
         print(f"loading {cfg.dataset.name} ...", flush=True)
-    sim = build(cfg)
+    sim = build(cfg, run_dir=run_dir)
     ds, device, weights = sim.ds, sim.device, sim.weights
     strategy, compressor, test, full_size = sim.strategy, sim.compressor, sim.test, sim.full_size
     if lead:
@@ -295,7 +331,12 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
         "sim_time": 0.0,
     }
     ckpt_path = run_dir / CHECKPOINT
-    ckpt = distributed.from_lead(lambda: resume_point(cfg, run_dir), "reading the checkpoint")
+    ckpt = distributed.from_lead(lambda: resume_point(cfg, run_dir, sim), "reading the checkpoint")
+    last_row = ckpt.pop("last_row", None) if ckpt is not None else None
+    if ckpt is not None and "store" in ckpt:  # one process (resume_point inlines it otherwise)
+        sim.store.restore(ckpt["store"])  # per-client state stays on disk until asked for
+    elif sim.team is SOLO:
+        sim.store.reset()  # starting over (or from an inline checkpoint): no stale state files
     if ckpt is not None:
         with torch.no_grad():
             for k, w in weights.items():
@@ -303,10 +344,12 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
         strategy.load_state_dict(ckpt["strategy"])
         compressor.load_state_dict(ckpt["compressor"])
         state = ckpt["state"]
-    writer = MetricsWriter(run_dir / "metrics.csv", keep_rounds=state["round"]) if lead else None
-    clients_writer = (
-        ClientsWriter(run_dir / CLIENTS, s.clients_per_round, state["round"]) if lead else None
-    )
+    keep = state["round"] - bool(last_row)
+    writer = MetricsWriter(run_dir / "metrics.csv", keep_rounds=keep) if lead else None
+    clients_writer = ClientsWriter(run_dir / CLIENTS, s.clients_per_round, keep) if lead else None
+    if last_row is not None and writer is not None and clients_writer is not None:
+        clients_writer.write(last_row["clients"])
+        writer.write(last_row["metrics"])
     profile = sim.profile
     shown = cfg.progress if lead else "none"
     progress = RoundProgress(s.rounds, s.clients_per_round, shown, start=state["round"])
@@ -358,21 +401,24 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
                 "sparsity": r.compressor_stats.get("sparsity", 0.0),
                 "sim_round_s": sim_round,
                 "sim_time_s": state["sim_time"] if profile else None,
-                "wall_s": time.perf_counter() - t0,
+                "wall_s": time.perf_counter() - t0,  # without the checkpoint (saved in it)
                 "train_s": r.train_s,
                 "eval_s": eval_s,
             }
+            if state["round"] % cfg.checkpoint_every == 0 or state["round"] == s.rounds:
+                t_ckpt = time.perf_counter()
+                saved = dict(state, elapsed=state["elapsed"] + row["wall_s"])
+                path = ckpt_path if lead else None  # every process hands in its clients' state
+                last = {"metrics": row, "clients": client_rows}
+                written = _save_checkpoint(path, cfg, sim, saved, last)
+                ckpt_s = time.perf_counter() - t_ckpt
+                state["checkpoint_s"] = state.get("checkpoint_s", 0.0) + ckpt_s
+                state["checkpoint_bytes"] = state.get("checkpoint_bytes", 0) + written
+            row["wall_s"] = time.perf_counter() - t0  # the whole round, its checkpoint included
             if writer is not None and clients_writer is not None:
                 clients_writer.write(client_rows)
                 writer.write(row)
             state["elapsed"] += row["wall_s"]
-            if state["round"] % cfg.checkpoint_every == 0 or state["round"] == s.rounds:
-                t_ckpt = time.perf_counter()
-                path = ckpt_path if lead else None  # every process hands in its clients' state
-                _save_checkpoint(path, cfg, weights, strategy, compressor, state)
-                state["checkpoint_s"] = state.get("checkpoint_s", 0.0) + (
-                    time.perf_counter() - t_ckpt
-                )
             progress.round_done(row)
     finally:
         progress.close()
@@ -397,13 +443,17 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
             else None
         ),
         "target_acc": TARGET_SHARE * state["best_acc"] if state["best_acc"] is not None else None,
-        "train_wall_s": state["elapsed"],  # rounds + evaluation, summed over metrics.csv
-        "checkpoint_s": state.get("checkpoint_s", 0.0),  # writing checkpoint.pt, all rounds
+        "train_wall_s": state["elapsed"],  # rounds incl. evaluation and checkpoints (wall_s)
+        "checkpoint_s": state.get("checkpoint_s", 0.0),  # checkpoints, all rounds (in wall_s)
+        "checkpoint_bytes": state.get("checkpoint_bytes", 0),  # written by them, all rounds
         "wall_s": time.perf_counter() - t_start,
         "num_params": full_size,
         "num_clients": len(parts),
         "majority_baseline": majority_share(test.labels),
         "compressor_state_bytes": compressor.state_nbytes(),
+        "client_state_bytes": sim.store.nbytes(),  # all per-client state, memory and disk
+        "client_state_peak_memory_bytes": sim.store.peak_resident,  # this process's peak
+        "client_state_disk_bytes": sim.store.disk_bytes(),
         "device": str(device),
         "processes": distributed.size(),
         "config": asdict(cfg),
@@ -413,9 +463,16 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
     return summary
 
 
-def resume_point(cfg: RootConfig, run_dir: Path) -> dict[str, Any] | None:
+def resume_point(
+    cfg: RootConfig, run_dir: Path, sim: Simulation | None = None
+) -> dict[str, Any] | None:
     """The checkpoint to continue from (``resume`` and one in ``run_dir``), or None to start
-    at round 1: refused (ConfigError) if it holds another run."""
+    at round 1: refused (ConfigError) if it holds another run.
+
+    ``last_row`` (popped by the caller): the checkpoint's own round's rows, when they did not
+    reach metrics.csv / clients.csv (killed between the checkpoint and its rows). ``sim``
+    under torchrun: a one-process checkpoint's ``state/`` is read into the inline form every
+    process can load (see the module docstring)."""
     ckpt_path = run_dir / CHECKPOINT
     ckpt = load_checkpoint(ckpt_path) if cfg.resume and ckpt_path.exists() else None
     if ckpt is not None:
@@ -427,14 +484,25 @@ def resume_point(cfg: RootConfig, run_dir: Path) -> dict[str, Any] | None:
             )
         done = ckpt["state"]["round"]
         per_round = cfg.schedule.clients_per_round
+        metrics_rows = len(intact_rows(run_dir / "metrics.csv", done))
         intact, where = min(
-            (len(intact_rows(run_dir / "metrics.csv", done)), run_dir / "metrics.csv"),
+            (metrics_rows, run_dir / "metrics.csv"),
             (
                 len(intact_client_rows(run_dir / CLIENTS, per_round, done)) // per_round,
                 run_dir / CLIENTS,
             ),
             key=lambda x: x[0],
         )
+        last = ckpt.get("row")
+        if (  # clients.csv is written first: only a missing metrics row is such a kill
+            intact == done - 1
+            and metrics_rows == done - 1
+            and isinstance(last, dict)
+            and "metrics" in last
+            and last["metrics"]["round"] == done
+        ):
+            intact = done  # killed between the checkpoint and its rows: the rows are in it
+            ckpt["last_row"] = last
         if intact < done:
             # rows intact..done are damaged or gone and the checkpoint holds only round `done`:
             # rounds are seeded by (seed, round), so running again from round 1 restores them
@@ -447,7 +515,24 @@ def resume_point(cfg: RootConfig, run_dir: Path) -> dict[str, Any] | None:
                 flush=True,
             )
             ckpt = None
+    if ckpt is not None and "store" in ckpt and sim is not None and sim.team is not SOLO:
+        _inline_store(ckpt, cfg, sim, run_dir / STATE_DIR)
     return ckpt
+
+
+def _inline_store(ckpt: dict[str, Any], cfg: RootConfig, sim: Simulation, directory: Path) -> None:
+    """Replace a one-process checkpoint's state-store references by the per-client values
+    (the form a torchrun run gathers and loads), read through throwaway owners."""
+    store = StateStore(None, directory, cfg.state.dtype)
+    shapes = {k: tuple(w.shape) for k, w in sim.weights.items()}
+    strategy = strategies.build(cfg.strategy, sim.model, cfg.seed, store)
+    compressor = compression.build(
+        cfg.compression, shapes=shapes, seed=cfg.seed, device=sim.device, store=store
+    )
+    store.restore(ckpt.pop("store"))
+    strategy.load_state_dict(ckpt["strategy"])
+    compressor.load_state_dict(ckpt["compressor"])
+    ckpt["strategy"], ckpt["compressor"] = strategy.state_dict(), compressor.state_dict()
 
 
 def majority_share(labels: torch.Tensor) -> float:
@@ -465,6 +550,7 @@ MAY_CHANGE = (
     "threads",
     "checkpoint_every",
     "trainer",
+    "state.memory_mb",  # spilling to disk and reading back is exact
     "on_nonfinite",  # matters only once a result is non-finite
     "schedule.rounds",  # extending a finished run with more rounds is allowed
     "schedule.eval_every",
@@ -523,6 +609,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         if not isinstance(ckpt, dict) or not {"config", "weights", "state"} <= ckpt.keys():
             raise ValueError("not an afd checkpoint")
         int(ckpt["state"]["round"])
+        # checkpoints from before state.* existed kept everything in fp32
+        ckpt["config"].setdefault("state", {"dtype": "fp32"})
     except Exception as e:
         why = " ".join(str(e).split()) or type(e).__name__
         why = why if len(why) <= 80 else why[:79].rsplit(" ", 1)[0] + " ..."
@@ -530,22 +618,62 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             f"{path} is damaged and cannot be read ({type(e).__name__}: {why}); start over "
             f"with: afd resume {path.parent} --from-scratch"
         ) from None
+    if "store" in ckpt:
+        try:
+            check_index(ckpt["store"], path.parent / STATE_DIR)
+        except StateFileError as e:
+            raise CheckpointError(
+                f"{path} names client state that cannot be read ({e}); start over with: "
+                f"afd resume {path.parent} --from-scratch"
+            ) from None
     return ckpt
 
 
 def _save_checkpoint(
-    path: Path | None, cfg: RootConfig, weights, strategy, compressor, state: dict[str, Any]
-) -> None:
-    """Write the checkpoint atomically; ``path`` None: only hand in this process's state."""
-    ckpt = {
-        "config": _comparable(cfg),
-        "weights": {k: w.cpu() for k, w in weights.items()},
-        "strategy": strategy.state_dict(),
-        "compressor": compressor.state_dict(),
-        "state": dict(state),
-    }
-    if path is None:
-        return
+    path: Path | None,
+    cfg: RootConfig,
+    sim: Simulation,
+    state: dict[str, Any],
+    last: dict[str, Any],
+) -> int:
+    """Write the checkpoint (see the module docstring); returns the bytes it wrote.
+
+    ``path`` None (a torchrun process other than rank 0): only hand in this process's state.
+    Under torchrun the checkpoint is the full, gathered one (no incremental state files).
+    """
+    if sim.team is not SOLO:
+        ckpt = {
+            "config": _comparable(cfg),
+            "weights": {k: w.cpu() for k, w in sim.weights.items()},
+            "strategy": sim.strategy.state_dict(),
+            "compressor": sim.compressor.state_dict(),  # gathered into rank 0's
+            "state": dict(state),
+            "row": dict(last),
+        }
+        if path is None:
+            return 0
+        tmp = path.with_suffix(".pt.tmp")
+        torch.save(ckpt, tmp)
+        os.replace(tmp, path)
+        return path.stat().st_size
+    assert path is not None
+    before = sim.store.bytes_written
+    index = sim.store.commit()  # changed client state, under new file names
+    with sim.store.references():  # per-client state: only its namespace, the index has it
+        strategy_state, compressor_state = sim.strategy.state_dict(), sim.compressor.state_dict()
     tmp = path.with_suffix(".pt.tmp")
-    torch.save(ckpt, tmp)
+    torch.save(
+        {
+            "config": _comparable(cfg),
+            "weights": {k: w.cpu() for k, w in sim.weights.items()},
+            "strategy": strategy_state,
+            "compressor": compressor_state,
+            "state": dict(state),
+            "store": index,
+            "row": dict(last),
+        },
+        tmp,
+    )
     os.replace(tmp, path)
+    sim.store.committed()  # only now: the files the new index no longer names
+    return sim.store.bytes_written - before + path.stat().st_size

@@ -9,6 +9,12 @@ first, so the file never holds a round twice or a half row. Timing columns (``wa
 round's ``metrics.csv`` row and cut back with it on resume: what each client cost (bytes,
 samples, local steps, training FLOPs) and whether the clock's deadline dropped it. The
 simulated ``sim_*`` columns of ``metrics.csv`` are a function of it (:mod:`afd_cli.network`).
+
+``wall_s`` is the whole round: sampling, training, codecs, aggregation, evaluation and the
+round's checkpoint (when one is due), which is written just before its row. The checkpoint
+holds that row (with ``wall_s`` up to the checkpoint), and a resume after a kill between the
+two appends it from there: the one case where ``wall_s`` leaves its checkpoint out.
+``train_s``: local training, wall time; ``eval_s``: test evaluation.
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ COLUMNS = [
     "sparsity",
     "sim_round_s",  # simulated seconds of the round (network.*; empty with network=none)
     "sim_time_s",  # simulated seconds since the start of the run
-    "wall_s",
+    "wall_s",  # the whole round, its checkpoint included (see the module docstring)
     "train_s",
     "eval_s",
 ]

@@ -134,6 +134,43 @@ class ScoreMap:
             "last_loss": self.last_loss,
         }
 
+    def flat_size(self) -> int:
+        """Entries of :meth:`to_flat`: scores and a kept-mask per unit, then 3 flags/values."""
+        return 2 * sum(self.units.values()) + 3
+
+    def to_flat(self) -> torch.Tensor:
+        """The map as one float64 vector (a client's slot in the state store), exactly:
+        ``[scores, kept mask, has A, has l, l]`` (A is a sorted index set, so a mask holds it).
+        """
+        n = sum(self.units.values())
+        out = torch.zeros(self.flat_size(), dtype=torch.float64)
+        offset = 0
+        for k, count in self.units.items():
+            out[offset : offset + count] = self.scores[k]
+            if self.keep is not None:
+                out[n + offset + self.keep[k]] = 1.0
+            offset += count
+        out[2 * n] = float(self.keep is not None)
+        out[2 * n + 1] = float(self.last_loss is not None)
+        out[2 * n + 2] = self.last_loss if self.last_loss is not None else 0.0
+        return out
+
+    def load_flat(self, flat: torch.Tensor) -> None:
+        """Inverse of :meth:`to_flat`."""
+        if flat.numel() != self.flat_size():
+            raise ValueError("score map does not match the model's droppable layers")
+        flat = flat.detach().cpu().to(torch.float64)
+        n = sum(self.units.values())
+        has_keep, has_loss = bool(flat[2 * n]), bool(flat[2 * n + 1])
+        offset, scores, keep = 0, {}, {}
+        for k, count in self.units.items():
+            scores[k] = flat[offset : offset + count].clone()
+            keep[k] = flat[n + offset : n + offset + count].nonzero().flatten()
+            offset += count
+        self.scores = scores
+        self.keep = keep if has_keep else None
+        self.last_loss = float(flat[2 * n + 2]) if has_loss else None
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         scores = {k: v.detach().cpu().to(torch.float64) for k, v in state["scores"].items()}
         if {k: v.numel() for k, v in scores.items()} != self.units:

@@ -19,7 +19,7 @@ from .dense import DenseCompressor
 from .dgc import DGCCompressor
 from .lossy import HadamardCompressor
 from .server import ServerMomentum
-from .state import Shapes
+from .state import Shapes, StateStore
 from .topk import TopKCompressor
 
 if TYPE_CHECKING:
@@ -52,6 +52,7 @@ def build(
     shapes: Shapes | None = None,
     seed: int = 0,
     device: torch.device | str | None = None,
+    store: StateStore | None = None,
 ) -> Compressor:
     """The compressor named by ``cfg.name``; ``seed`` drives DGC's threshold sampling and the
     hadamard codec's per-message seeds. ``compression.server_momentum > 0`` wraps it in
@@ -60,9 +61,11 @@ def build(
     ``device``: the model's device. On a GPU the sparse compressors keep their upload state
     there and encode a round's clients batched (torch backend); on CPU they use numpy. The
     hadamard codec encodes and decodes on ``device``.
+    ``store``: where per-client state lives (the run's, with its memory budget); a private,
+    unbounded one when None.
     """
     comp = registry.load("compression", cfg.name).from_config(
-        cfg, shapes=shapes, seed=seed, device=device
+        cfg, shapes=shapes, seed=seed, device=device, store=store
     )
     if cfg.server_momentum > 0:
         return ServerMomentum(comp, cfg.server_momentum, cfg.server_lr)  # type: ignore[return-value]

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import codec
 from .base import Params, RoundContext, View
-from .state import Shapes
+from .state import Shapes, StateStore
 
 if TYPE_CHECKING:
     import torch
@@ -44,6 +44,7 @@ class DenseCompressor:
         shapes: Shapes | None = None,
         seed: int = 0,
         device: torch.device | str | None = None,
+        store: StateStore | None = None,  # no per-client state
     ) -> DenseCompressor:
         """``compression=none`` is fp32; fp16 and q8 are named after their format."""
         return cls(cfg.name, "fp32" if cfg.name == "none" else cfg.name, shapes)

@@ -36,7 +36,7 @@ import torch
 
 from .base import Params, RoundContext
 from .sparsify import sampled_topk_indices, torch_sampled_topk_indices, warmup_sparsity
-from .state import Shapes, np_view
+from .state import Shapes, StateStore, np_view
 from .topk import TopKCompressor
 
 if TYPE_CHECKING:
@@ -53,9 +53,10 @@ class DGCCompressor(TopKCompressor):
         seed: int = 0,
         device: torch.device | str | None = None,
         backend: str | None = None,
+        store: StateStore | None = None,
     ):
         self.buffers = ("u", "v") if cfg.momentum_correction else ("v",)
-        super().__init__(cfg, shapes, device, backend)
+        super().__init__(cfg, shapes, device, backend, store)
         self.seed = seed
         self._generators: list[torch.Generator] = []  # the clients being encoded, in order
 
@@ -66,8 +67,9 @@ class DGCCompressor(TopKCompressor):
         shapes: Shapes | None = None,
         seed: int = 0,
         device: torch.device | str | None = None,
+        store: StateStore | None = None,
     ) -> DGCCompressor:
-        return cls(cfg, shapes, seed, device)
+        return cls(cfg, shapes, seed, device, store=store)
 
     def _seed_clients(self, round: int, clients: list[int]) -> None:
         """One threshold-sampling generator per client, seeded by ``(seed, round, client)``,

@@ -27,7 +27,7 @@ import torch
 from . import codec
 from .base import Params, View
 from .sparsify import keep_count, topk_indices
-from .state import ClientStore, Shapes, np_view
+from .state import ClientStore, Shapes, StateStore, np_view
 
 
 class SparseDownlink:
@@ -39,6 +39,7 @@ class SparseDownlink:
         dense_below: int,
         shapes: Shapes | None = None,
         first_copy: str = "fp32",
+        store: StateStore | None = None,
     ) -> None:
         if first_copy not in ("fp32", "fp16", "q8"):
             raise ValueError(f"first_copy must be fp32, fp16 or q8, got {first_copy!r}")
@@ -46,7 +47,7 @@ class SparseDownlink:
         self.dense_below = dense_below
         self.first_copy = first_copy
         self.dense_diff = values if first_copy == "fp32" else first_copy
-        self.copies = ClientStore(("w",), shapes, fill=math.nan)
+        self.copies = ClientStore(("w",), shapes, fill=math.nan, store=store, name="down")
         self.sent = 0  # entries sent since the last reset (for optional stats)
         self.total = 0
 

@@ -32,7 +32,7 @@ import torch
 from . import codec, hadamard
 from .base import Params, RoundContext, View
 from .dense import DenseCompressor
-from .state import Shapes
+from .state import Shapes, StateStore
 
 if TYPE_CHECKING:
     from afd_cli.config import CompressionConfig
@@ -73,6 +73,7 @@ class HadamardCompressor(DenseCompressor):
         shapes: Shapes | None = None,
         seed: int = 0,
         device: torch.device | str | None = None,
+        store: StateStore | None = None,  # no per-client state
     ) -> HadamardCompressor:
         return cls(cfg, shapes, seed, device)
 

@@ -29,7 +29,7 @@ from .base import Params, RoundContext, View
 from .dense import DenseCompressor
 from .downlink import SparseDownlink
 from .sparsify import keep_count, topk_indices, torch_topk_indices
-from .state import ClientStore, Shapes, np_view
+from .state import ClientStore, Shapes, StateStore, np_view
 
 BACKENDS = ("numpy", "torch")
 
@@ -48,6 +48,7 @@ class TopKCompressor(DenseCompressor):
         shapes: Shapes | None = None,
         device: torch.device | str | None = None,
         backend: str | None = None,
+        store: StateStore | None = None,
     ) -> None:
         super().__init__(cfg.name, "fp32", shapes)
         if cfg.values not in ("fp32", "fp16"):
@@ -60,9 +61,10 @@ class TopKCompressor(DenseCompressor):
         self.values = cfg.values
         self.backend = backend
         self.device = device if backend == "torch" else torch.device("cpu")  # upload state
-        self.up = ClientStore(self.buffers, shapes, device=self.device)
+        store = store if store is not None else StateStore()  # one store for both directions
+        self.up = ClientStore(self.buffers, shapes, device=self.device, store=store, name="up")
         self.down = (
-            SparseDownlink(cfg.values, cfg.dense_below, shapes, cfg.first_copy)
+            SparseDownlink(cfg.values, cfg.dense_below, shapes, cfg.first_copy, store)
             if cfg.downlink
             else None
         )
@@ -74,8 +76,9 @@ class TopKCompressor(DenseCompressor):
         shapes: Shapes | None = None,
         seed: int = 0,
         device: torch.device | str | None = None,
+        store: StateStore | None = None,
     ) -> TopKCompressor:
-        return cls(cfg, shapes, device)  # deterministic: no seed
+        return cls(cfg, shapes, device, store=store)  # deterministic: no seed
 
     # -- hooks ----------------------------------------------------------------------------
     def sparsity_at(self, round: int) -> float:

@@ -74,9 +74,11 @@ def _problem(res: LocalResult, weights_ok: bool) -> str | None:
 class FiniteGuard:
     """A trainer that checks its inner trainer's results (see the module docstring).
 
-    ``round`` (1-based, for messages) is set by the caller before each round; ``skipped``
-    holds the clients dropped in the last round. ``deferred``: never raise in :meth:`train`,
-    drop the bad clients and leave the verdict to :meth:`settle` (``bad`` lists them).
+    The caller announces each round with :meth:`begin_round` (1-based, for messages; and
+    how many clients it has, since the round loop may train them in several calls);
+    ``skipped`` holds the clients dropped so far in the round. ``deferred``: never raise in
+    :meth:`train`, drop the bad clients and leave the verdict to :meth:`settle` (``bad``
+    lists them).
     """
 
     def __init__(self, inner: Any, mode: str = STOP, hint: str = ""):
@@ -84,9 +86,16 @@ class FiniteGuard:
             raise ValueError(f"on_nonfinite={mode!r}")
         self.inner, self.mode, self.hint = inner, mode, hint
         self.round = 0
+        self.clients = 0  # clients in the round (0: unknown, each train call is a round)
         self.skipped: set[int] = set()
         self.deferred = False
         self.bad: list[tuple[int, str]] = []
+        self._seen = 0  # clients trained so far in the round
+
+    def begin_round(self, round: int, clients: int) -> None:
+        """Round ``round`` (1-based) of ``clients`` clients starts: nothing skipped yet."""
+        self.round, self.clients = round, clients
+        self.skipped, self.bad, self._seen = set(), [], 0
 
     def __getattr__(self, name: str) -> Any:  # data, device, ... of the wrapped trainer
         return getattr(self.inner, name)
@@ -94,8 +103,10 @@ class FiniteGuard:
     def train(
         self, jobs: list[LocalJob], on_done: Callable[[], None] | None = None
     ) -> list[LocalResult]:
-        self.skipped, self.bad = set(), []
+        if not self.clients or self._seen >= self.clients:  # not announced: one call, one round
+            self.skipped, self.bad, self._seen = set(), [], 0
         results = self.inner.train(jobs, on_done)
+        self._seen += len(jobs)
         if not results:
             return results
         ok = torch.stack([all_finite(list(r.weights.values())) for r in results]).tolist()
@@ -106,11 +117,14 @@ class FiniteGuard:
         ]
         if not bad:
             return results
-        self.bad = bad
+        self.bad += bad
+        total = max(self.clients, self._seen)
         if self.deferred:
-            self.skipped = {c for c, _ in bad}
+            self.skipped |= {c for c, _ in bad}
+        elif self.mode == STOP or self._seen >= total:  # the round's last call: its verdict
+            self.settle(self.bad, total)
         else:
-            self.settle(bad, len(results))
+            self.skipped |= {c for c, _ in bad}
         kept = [r for j, r in zip(jobs, results, strict=True) if j.client not in self.skipped]
         filler = filler_loss([r.loss for r in kept], [r.num_samples for r in kept]) if kept else 0.0
         return [

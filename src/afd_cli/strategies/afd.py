@@ -16,17 +16,22 @@ return the full model and keep no maps, i.e. they are FedAvg.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from ..models import FLModel
 from ..scoremap import ScoreMap
+from ..state import StateStore
 from ..submodel import View
 from .fd import AFD_TAG, generator
 
 if TYPE_CHECKING:
     from ..config import StrategyConfig
+
+NAMESPACE = "afd"  # the multi maps' namespace in the state store
 
 
 class _AFD:
@@ -47,11 +52,16 @@ class _AFD:
         self._full = View(model)
 
     @classmethod
-    def from_config(cls, cfg: StrategyConfig, model: FLModel, seed: int) -> _AFD:
+    def from_config(
+        cls, cfg: StrategyConfig, model: FLModel, seed: int, store: StateStore | None = None
+    ) -> _AFD:
+        """``store``: where Multi-Model AFD keeps its score maps (Single-Model has none)."""
+        opts = {"store": store} if issubclass(cls, MultiModelAFD) else {}
         return cls(
             model,
             cfg.rate,
             seed,
+            **opts,
             score_init=cfg.score_init,
             explore=cfg.explore,
             score_update=cfg.score_update,
@@ -62,24 +72,42 @@ class _AFD:
 
 
 class MultiModelAFD(_AFD):
+    """One score map per client, kept in the run's :class:`~afd_cli.state.StateStore`
+    (namespace ``afd``, float64) so that it is bounded and checkpointed like the compressors'
+    per-client state: a map is read from its slot, used, and written back."""
+
     name = "multi"
 
-    def __init__(self, model: FLModel, rate: float, seed: int, **opts: Any):
+    def __init__(
+        self, model: FLModel, rate: float, seed: int, store: StateStore | None = None, **opts: Any
+    ):
         super().__init__(model, rate, seed, **opts)
-        self.maps: dict[int, ScoreMap] = {}
+        self.store = store if store is not None else StateStore()
+        self.store.space(NAMESPACE, self._new_map().flat_size(), torch.float64)
+
+    @property
+    def maps(self) -> Mapping[int, ScoreMap]:
+        """Read-only ``{client: ScoreMap}`` (copies decoded from the store)."""
+        return _Maps(self)
 
     def _map(self, client: int) -> ScoreMap:
-        if client not in self.maps:
-            self.maps[client] = self._new_map()
-        return self.maps[client]
+        m = self._new_map()
+        if self.store.has(NAMESPACE, client):
+            m.load_flat(self.store.peek(NAMESPACE, client))
+        return m
+
+    def _keep(self, client: int, m: ScoreMap) -> None:
+        self.store.put(NAMESPACE, client, m.to_flat())
 
     def select(self, round: int, clients: list[int]) -> list[View]:
         if self.rate == 0:
             return [self._full] * len(clients)
-        return [
-            View(self.model, self._map(c).select(generator(self.seed, round, c, AFD_TAG)))
-            for c in clients
-        ]
+        views = []
+        for c in clients:
+            m = self._map(c)
+            views.append(View(self.model, m.select(generator(self.seed, round, c, AFD_TAG))))
+            self._keep(c, m)  # a redraw of A changed the map
+        return views
 
     def observe(
         self, round: int, clients: list[int], losses: list[float], num_samples: list[int]
@@ -87,15 +115,42 @@ class MultiModelAFD(_AFD):
         if self.rate == 0:
             return
         for c, loss in zip(clients, losses, strict=True):
-            self._map(c).update(loss)
+            m = self._map(c)
+            m.update(loss)
+            self._keep(c, m)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"maps": {int(c): m.state_dict() for c, m in self.maps.items()}}
+        """``{"maps": {client: map state}}``, or ``{"store": "afd"}`` in a run's store."""
+        if not self.store.inline:
+            return {"store": NAMESPACE}
+        return {"maps": {c: m.state_dict() for c, m in self.maps.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.maps = {}
+        if "store" in state:  # the run restored its store from the checkpoint's index
+            return
+        self.store.clear(NAMESPACE)
         for c, s in state.get("maps", {}).items():
-            self._map(int(c)).load_state_dict(s)
+            m = self._new_map()
+            m.load_state_dict(s)
+            self._keep(int(c), m)
+
+
+class _Maps(Mapping[int, ScoreMap]):
+    """The score maps of a :class:`MultiModelAFD`, read from its store."""
+
+    def __init__(self, owner: MultiModelAFD) -> None:
+        self._owner = owner
+
+    def __getitem__(self, client: int) -> ScoreMap:
+        if not self._owner.store.has(NAMESPACE, client):
+            raise KeyError(client)
+        return self._owner._map(client)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._owner.store.clients(NAMESPACE))
+
+    def __len__(self) -> int:
+        return len(self._owner.store.clients(NAMESPACE))
 
 
 class SingleModelAFD(_AFD):

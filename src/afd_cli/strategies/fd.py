@@ -18,6 +18,7 @@ from .base import Stateless
 
 if TYPE_CHECKING:
     from ..config import StrategyConfig
+    from ..state import StateStore
 
 FD_TAG = 0xFD  # keeps these streams apart from the trainer's client_seed streams
 AFD_TAG = 0xAFD
@@ -37,7 +38,9 @@ class FederatedDropout(Stateless):
         self._full = View(model)
 
     @classmethod
-    def from_config(cls, cfg: StrategyConfig, model: FLModel, seed: int) -> FederatedDropout:
+    def from_config(
+        cls, cfg: StrategyConfig, model: FLModel, seed: int, store: StateStore | None = None
+    ) -> FederatedDropout:
         return cls(model, cfg.rate, seed)
 
     def select(self, round: int, clients: list[int]) -> list[View]:

@@ -10,6 +10,7 @@ from .base import Stateless
 
 if TYPE_CHECKING:
     from ..config import StrategyConfig
+    from ..state import StateStore
 
 
 class FedAvg(Stateless):
@@ -19,7 +20,9 @@ class FedAvg(Stateless):
         self._full = View(model)
 
     @classmethod
-    def from_config(cls, cfg: StrategyConfig, model: FLModel, seed: int) -> FedAvg:
+    def from_config(
+        cls, cfg: StrategyConfig, model: FLModel, seed: int, store: StateStore | None = None
+    ) -> FedAvg:
         return cls(model)  # no randomness, no options
 
     def select(self, round: int, clients: list[int]) -> list[View]:

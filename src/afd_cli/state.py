@@ -1,0 +1,398 @@
+"""The client-state store: everything a run keeps per client, bounded in memory, checkpointed
+incrementally.
+
+Per-client state (DGC's ``u``/``v``, the downlink's copies, Multi-Model AFD's score maps) grows
+with the clients that have taken part: 13.3 MB per client for cnn_mnist with DGC, 13 GB at
+1,000 clients. A :class:`StateStore` holds it as one flat tensor per (namespace, client) --
+a *slot* -- and keeps slots in memory up to ``memory_mb``; beyond that the least recently used
+slots are written to files in ``directory`` (the run's ``state/``) and dropped from memory,
+and read back when asked for again. Reading and writing whole files (not ``numpy.memmap``)
+keeps spilled state out of the process's resident memory.
+
+Files are never overwritten: each write of a slot goes to a new *generation*
+(``<namespace>/c<client>_g<gen>.bin``). That gives the checkpoint protocol:
+
+1. :meth:`StateStore.commit` writes the slots changed since they were last written (the
+   clients touched since the last checkpoint, when the budget holds them) under new
+   generation numbers and returns an *index* naming, for every slot, the file that holds it;
+2. the caller saves the index inside its small ``checkpoint.pt`` (tmp file + ``os.replace``);
+3. :meth:`StateStore.committed` then deletes the generations the new index no longer names.
+
+A file named by the index on disk is never deleted or changed before a newer index replaces
+it, so a kill -9 at any moment leaves a checkpoint whose files are all there and whole;
+:meth:`StateStore.restore` trusts only the files its index names and deletes the rest
+(half-written spills, generations written after the last checkpoint).
+
+``dtype`` (fp32, fp16, bf16) is the precision compressor buffers are *kept* in; the
+compressors still compute in fp32 on gathered copies. Score maps keep their own float64.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import weakref
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+    "fp64": torch.float64,
+}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+INDEX_VERSION = 1
+MB = 2**20
+
+
+class StateFileError(ValueError):
+    """A checkpoint's index names a state file that is missing or has the wrong size."""
+
+
+@dataclass
+class Space:
+    """A namespace of slots: every client's slot has ``numel`` entries of ``dtype``.
+
+    ``layout`` is the owner's description of what the flat entries are (plain data, saved in
+    the index so a resumed owner can check it still matches).
+    """
+
+    name: str
+    numel: int
+    dtype: torch.dtype
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    fill: float = 0.0
+    layout: Any = None
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.dtype.itemsize
+
+
+@dataclass
+class _Slot:
+    flat: torch.Tensor | None = None  # in memory, or None (only on disk)
+    gen: int | None = None  # newest file holding this slot's values (None: never written)
+    dirty: bool = True  # ``flat`` differs from file ``gen``
+    committed: int | None = None  # the file the last committed index names
+
+
+class StateStore:
+    """Slots of per-client state: in memory up to a budget, least recently used spill to disk.
+
+    ``memory_mb``: MiB of slots kept in memory (``None``: no limit, nothing is ever
+    spilled). The slot in use is never spilled, so a budget smaller than one slot keeps one.
+    ``directory``: where spilled and checkpointed slots go (a run's ``state/``); ``None``
+    makes a temporary directory on the first spill, removed with the store.
+    The owners' ``state_dict()`` carry their clients' values, except inside
+    :meth:`references`, where they name their namespace instead (a run checkpoint saves the
+    values through :meth:`commit`).
+    """
+
+    def __init__(
+        self,
+        memory_mb: float | None = None,
+        directory: Path | str | None = None,
+        dtype: str = "fp32",
+    ) -> None:
+        if dtype not in DTYPES:
+            raise ValueError(f"state dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
+        if memory_mb is not None and memory_mb < 0:
+            raise ValueError("memory_mb must be >= 0 or None")
+        self.budget = None if memory_mb is None else int(memory_mb * MB)
+        self.dtype = DTYPES[dtype]
+        self.inline = True  # owners' state_dict() hold values (False inside references())
+        self._dir = Path(directory) if directory is not None else None
+        self._spaces: dict[str, Space] = {}
+        self._slots: dict[str, dict[int, _Slot]] = {}
+        self._lru: OrderedDict[tuple[str, int], _Slot] = OrderedDict()  # in memory, oldest first
+        self._resident = 0
+        self._next_gen = 1
+        self._orphans: list[tuple[str, int, int | None]] = []  # cleared slots' committed files
+        self.peak_resident = 0
+        self.bytes_written = 0  # every slot file written (spills and checkpoints)
+        self.bytes_read = 0
+
+    # -- namespaces ---------------------------------------------------------------------------
+    def space(
+        self,
+        name: str,
+        numel: int,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str = "cpu",
+        fill: float = 0.0,
+        layout: Any = None,
+    ) -> Space:
+        """Register (or, after :meth:`restore`, re-attach to) namespace ``name``."""
+        dtype = dtype or self.dtype
+        old = self._spaces.get(name)
+        if old is not None and (old.numel, old.dtype, old.layout) != (numel, dtype, layout):
+            raise ValueError(
+                f"state namespace {name!r} holds {old.numel} x {DTYPE_NAMES[old.dtype]} per "
+                f"client, not {numel} x {DTYPE_NAMES[dtype]} (a different model or state.dtype)"
+            )
+        sp = Space(name, int(numel), dtype, torch.device(device), fill, layout)
+        self._spaces[name] = sp
+        self._slots.setdefault(name, {})
+        return sp
+
+    def get_space(self, name: str) -> Space | None:
+        return self._spaces.get(name)
+
+    # -- slots --------------------------------------------------------------------------------
+    def has(self, ns: str, client: int) -> bool:
+        return client in self._slots.get(ns, {})
+
+    def clients(self, ns: str) -> list[int]:
+        """Clients holding a slot in ``ns`` (in memory or on disk)."""
+        return sorted(self._slots.get(ns, {}))
+
+    def get(self, ns: str, client: int, create: bool = False) -> torch.Tensor:
+        """The client's slot in memory (read back from disk, or created with the fill value).
+
+        The tensor is the store's own: write through it only together with
+        :meth:`mark_dirty`, and do not keep it across other ``get`` calls (it may be spilled).
+        """
+        sp = self._spaces[ns]
+        slot = self._slots[ns].get(client)
+        if slot is None:
+            if not create:
+                raise KeyError(f"client {client} has no {ns!r} state")
+            slot = _Slot(torch.full((sp.numel,), sp.fill, dtype=sp.dtype, device=sp.device))
+            self._slots[ns][client] = slot
+            self._admit(ns, client, slot)
+        elif slot.flat is None:
+            slot.flat = self._read(sp, client, slot.gen).to(sp.device)
+            slot.dirty = False
+            self._admit(ns, client, slot)
+        else:
+            self._lru.move_to_end((ns, client))
+        assert slot.flat is not None
+        return slot.flat
+
+    def peek(self, ns: str, client: int) -> torch.Tensor:
+        """The slot's values without making it resident: read only (the store's own tensor
+        when in memory, else a copy read from disk)."""
+        slot = self._slots[ns][client]
+        if slot.flat is not None:
+            return slot.flat
+        return self._read(self._spaces[ns], client, slot.gen)
+
+    def mark_dirty(self, ns: str, client: int) -> None:
+        """The slot's values changed (it must be written again before a checkpoint names it)."""
+        self._slots[ns][client].dirty = True
+
+    def put(self, ns: str, client: int, values: torch.Tensor) -> None:
+        """Replace the client's slot with ``values`` (flat, ``numel`` entries)."""
+        sp = self._spaces[ns]
+        if values.numel() != sp.numel:
+            raise ValueError(f"{ns!r} slots hold {sp.numel} entries, got {values.numel()}")
+        slot = self._slots[ns].get(client)
+        if slot is None:
+            slot = self._slots[ns][client] = _Slot()
+        if slot.flat is not None:
+            slot.flat.copy_(values.detach().reshape(-1))
+            self._lru.move_to_end((ns, client))
+        else:
+            slot.flat = values.detach().reshape(-1).to(sp.device, sp.dtype, copy=True)
+            self._admit(ns, client, slot)
+        slot.dirty = True
+
+    def clear(self, ns: str) -> None:
+        """Forget every slot of ``ns`` (their files go at the next :meth:`committed`)."""
+        for client, slot in list(self._slots.get(ns, {}).items()):
+            if slot.flat is not None:
+                self._lru.pop((ns, client), None)
+                self._resident -= self._spaces[ns].nbytes
+            if slot.gen is not None and slot.gen != slot.committed:
+                self._unlink(ns, client, slot.gen)
+            self._orphans.append((ns, client, slot.committed))
+        self._slots[ns] = {}
+
+    # -- accounting ---------------------------------------------------------------------------
+    def nbytes(self, ns: str | None = None) -> int:
+        """Bytes of all slots (of ``ns``), wherever they are."""
+        names = [ns] if ns is not None else list(self._slots)
+        return sum(
+            len(self._slots.get(n, {})) * self._spaces[n].nbytes for n in names if n in self._spaces
+        )
+
+    def resident(self, ns: str) -> list[int]:
+        """Clients of ``ns`` whose slot is in memory now."""
+        return sorted(c for n, c in self._lru if n == ns)
+
+    @property
+    def resident_bytes(self) -> int:
+        """Bytes of slots in memory now."""
+        return self._resident
+
+    def disk_bytes(self) -> int:
+        """Bytes of slot files on disk now."""
+        if self._dir is None or not self._dir.exists():
+            return 0
+        return sum(p.stat().st_size for p in self._dir.rglob("*.bin"))
+
+    # -- memory -------------------------------------------------------------------------------
+    def _admit(self, ns: str, client: int, slot: _Slot) -> None:
+        self._lru[(ns, client)] = slot
+        self._resident += self._spaces[ns].nbytes
+        while self.budget is not None and self._resident > self.budget and len(self._lru) > 1:
+            (old_ns, old_client), old = self._lru.popitem(last=False)
+            self._spill(old_ns, old_client, old)
+        self.peak_resident = max(self.peak_resident, self._resident)
+
+    def _spill(self, ns: str, client: int, slot: _Slot) -> None:
+        if slot.dirty or slot.gen is None:
+            self._write(ns, client, slot)
+        slot.flat = None
+        self._resident -= self._spaces[ns].nbytes
+
+    # -- files --------------------------------------------------------------------------------
+    @property
+    def directory(self) -> Path:
+        """Where slot files go (a temporary directory, made on first use, if none was given)."""
+        if self._dir is None:
+            self._dir = Path(tempfile.mkdtemp(prefix="afd-state-"))
+            weakref.finalize(self, shutil.rmtree, self._dir, ignore_errors=True)
+        return self._dir
+
+    def _path(self, ns: str, client: int, gen: int) -> Path:
+        return self.directory / ns / f"c{client}_g{gen}.bin"
+
+    def _write(self, ns: str, client: int, slot: _Slot) -> None:
+        """Write the slot to a new generation file; drop its previous file unless the last
+        committed index names it."""
+        assert slot.flat is not None
+        gen, self._next_gen = self._next_gen, self._next_gen + 1
+        path = self._path(ns, client, gen)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        raw = slot.flat.detach().cpu().contiguous().view(torch.uint8).numpy()
+        with path.open("wb") as f:
+            raw.tofile(f)
+        self.bytes_written += raw.nbytes
+        old, slot.gen, slot.dirty = slot.gen, gen, False
+        if old is not None and old != slot.committed:
+            self._unlink(ns, client, old)
+
+    def _read(self, sp: Space, client: int, gen: int | None) -> torch.Tensor:
+        assert gen is not None
+        raw = np.fromfile(self._path(sp.name, client, gen), dtype=np.uint8)
+        if raw.nbytes != sp.nbytes:
+            raise StateFileError(
+                f"{self._path(sp.name, client, gen)} holds {raw.nbytes} bytes, not {sp.nbytes}"
+            )
+        self.bytes_read += raw.nbytes
+        return torch.from_numpy(raw).view(sp.dtype)
+
+    def _unlink(self, ns: str, client: int, gen: int) -> None:
+        self._path(ns, client, gen).unlink(missing_ok=True)
+
+    # -- checkpoints --------------------------------------------------------------------------
+    @contextmanager
+    def references(self) -> Iterator[None]:
+        """Owners' ``state_dict()`` name their namespace instead of copying every client."""
+        self.inline = False
+        try:
+            yield
+        finally:
+            self.inline = True
+
+    def commit(self) -> dict[str, Any]:
+        """Write every slot changed since it was last written; return the index naming the
+        file of every slot (to be saved atomically by the caller, then :meth:`committed`)."""
+        for (ns, client), slot in self._lru.items():
+            if slot.dirty or slot.gen is None:
+                self._write(ns, client, slot)
+        return {
+            "version": INDEX_VERSION,
+            "next_gen": self._next_gen,
+            "spaces": {
+                n: {"numel": sp.numel, "dtype": DTYPE_NAMES[sp.dtype], "layout": sp.layout}
+                for n, sp in self._spaces.items()
+            },
+            "slots": {n: {c: s.gen for c, s in slots.items()} for n, slots in self._slots.items()},
+        }
+
+    def committed(self) -> None:
+        """The index from the last :meth:`commit` is saved: delete the files it replaced."""
+        for ns, client, gen in self._orphans:
+            if gen is not None:
+                self._unlink(ns, client, gen)
+        self._orphans = []
+        for ns, slots in self._slots.items():
+            for client, slot in slots.items():
+                if slot.committed is not None and slot.committed != slot.gen:
+                    self._unlink(ns, client, slot.committed)
+                slot.committed = slot.gen
+
+    def reset(self) -> None:
+        """Start empty: forget every slot and delete every file (a run starting over)."""
+        self._slots = {n: {} for n in self._slots}
+        self._lru.clear()
+        self._resident = 0
+        self._orphans = []
+        self._next_gen = 1
+        if self._dir is not None and self._dir.exists():
+            shutil.rmtree(self._dir)
+
+    def restore(self, index: dict[str, Any]) -> None:
+        """Continue from a checkpoint's index: its slots (on disk, read when asked for) and
+        nothing else -- files it does not name are deleted."""
+        check_index(index, self.directory)
+        self._lru.clear()
+        self._resident = 0
+        self._orphans = []
+        for n, meta in index["spaces"].items():
+            old = self._spaces.get(n)
+            new = (int(meta["numel"]), DTYPES[meta["dtype"]], meta["layout"])
+            if old is not None and (old.numel, old.dtype, old.layout) != new:
+                raise StateFileError(f"the checkpoint's {n!r} state does not fit this model")
+            self._spaces[n] = Space(
+                n,
+                int(meta["numel"]),
+                DTYPES[meta["dtype"]],
+                old.device if old is not None else torch.device("cpu"),
+                old.fill if old is not None else 0.0,
+                meta["layout"],
+            )
+        self._slots = {
+            n: {int(c): _Slot(None, int(g), False, int(g)) for c, g in slots.items()}
+            for n, slots in index["slots"].items()
+        }
+        self._next_gen = int(index["next_gen"])
+        named = {
+            self._path(n, c, s.gen)  # type: ignore[arg-type]
+            for n, slots in self._slots.items()
+            for c, s in slots.items()
+        }
+        if self._dir is not None and self._dir.exists():
+            for p in self._dir.rglob("*.bin"):
+                if p not in named:
+                    p.unlink()
+
+
+def check_index(index: Any, directory: Path) -> None:
+    """Raise :class:`StateFileError` unless every file ``index`` names is there, whole."""
+    try:
+        spaces, slots = index["spaces"], index["slots"]
+        int(index["next_gen"])
+    except (TypeError, KeyError, ValueError) as e:
+        raise StateFileError(f"the state index is damaged ({type(e).__name__})") from None
+    for n, clients in slots.items():
+        size = int(spaces[n]["numel"]) * DTYPES[spaces[n]["dtype"]].itemsize
+        for c, g in clients.items():
+            path = directory / n / f"c{c}_g{g}.bin"
+            try:
+                ok = path.stat().st_size == size
+            except OSError:
+                raise StateFileError(f"{path} is missing") from None
+            if not ok:
+                raise StateFileError(f"{path} is not {size} bytes")
