@@ -24,7 +24,18 @@ if TYPE_CHECKING:
 
 Draw = Callable[[Report, "Axes"], None]
 
-_LINESTYLES = {"none": "-", "dgc": "--", "topk": ":", "fp16": "-.", "q8": (0, (5, 1, 1, 1))}
+# one line style per compression variant (the compressor with its options), in order of first
+# appearance; colours tell the rest of a configuration (the strategy and its options) apart
+_LINESTYLES: list[Any] = [
+    "-",
+    "--",
+    ":",
+    "-.",
+    (0, (5, 1, 1, 1)),
+    (0, (1, 3)),
+    (0, (8, 2)),
+    (0, (3, 1, 1, 1, 1, 1)),
+]
 
 
 def _accuracy_vs(x: str, xlabel: str) -> Draw:
@@ -51,19 +62,23 @@ def _accuracy_vs(x: str, xlabel: str) -> Draw:
             .reset_index()
         )
         s = report.summary
-        colour_keys = [k for k in report.keys if k != "compression"]
-        colour_of: dict[str, Any] = {}
+        style_keys = [k for k in report.keys if k.startswith("compression")]
+        colour_keys = [k for k in report.keys if k not in style_keys]
+        colour_of: dict[tuple[str, ...], Any] = {}
+        style_of: dict[tuple[str, ...], Any] = {}
         cmap = plt.get_cmap("tab10")
         for _, r in s.iterrows():
             ck = tuple(str(r[k]) for k in colour_keys)
             colour_of.setdefault(ck, cmap(len(colour_of) % 10))
+            sk = tuple(str(r[k]) for k in style_keys)
+            style_of.setdefault(sk, _LINESTYLES[len(style_of) % len(_LINESTYLES)])
         targets = sorted(set(np.round(s["target_acc"].dropna(), 6)))
         for _, r in s.iterrows():
             d = agg[agg["config"] == r["config"]].sort_values("round").dropna(subset=[x])
             if d.empty:
                 continue
             colour = colour_of[tuple(str(r[k]) for k in colour_keys)]
-            ls = _LINESTYLES.get(str(r["compression"]), "-")
+            ls = style_of[tuple(str(r[k]) for k in style_keys)]
             label = f"{r['config']} (n={int(r['seeds'])})"
             ax.plot(d[x], d["acc"], color=colour, linestyle=ls, label=label, lw=1.6)
             if int(r["seeds"]) > 1:
