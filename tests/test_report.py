@@ -359,3 +359,31 @@ def test_rows_lead_with_the_baseline_whatever_the_compression_options(tmp_path):
         ("dgc", "True", "fedavg"),
         ("dgc", "True", "single"),
     ]
+
+
+def test_figures_colour_the_strategy_and_style_each_compression_variant(tmp_path):
+    """A compressor's options (here the downlink) get their own line style, so configurations
+    that differ only there stay apart; a strategy keeps its colour across compressions."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from afd_cli.report import plots
+
+    root = tmp_path / "s"
+    down = {"compression.downlink": True}
+    fake_run(root, "a", accs=[0.5, 0.9], mb_round=10)
+    fake_run(root, "b", compression="dgc", accs=[0.4, 0.8], mb_round=1)
+    fake_run(root, "c", compression="dgc", accs=[0.4, 0.7], mb_round=1, extra=down)
+    fake_run(root, "d", strategy="fd", compression="dgc", accs=[0.4, 0.7], mb_round=1, extra=down)
+    fig, ax = plt.subplots()
+    plots.FIGURES["accuracy_vs_round.png"](rep.build([root]), ax)
+    lines = {line.get_label().split(" (n=")[0]: line for line in ax.get_lines()}
+    plt.close(fig)
+    fedavg = [v for k, v in lines.items() if k.startswith("fedavg")]
+    fd = lines["fd+dgc+downlink=True"]
+    assert len(fedavg) == 3 and len({str(v.get_color()) for v in fedavg}) == 1
+    assert len({str(v.get_linestyle()) for v in fedavg}) == 3
+    assert fd.get_color() != fedavg[0].get_color()
+    assert fd.get_linestyle() == lines["fedavg+dgc+downlink=True"].get_linestyle()
