@@ -128,7 +128,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("threads-zero", [RUN, "threads=0"], "threads=0 is out of range; expected null or an integer"),
     ("checkpoint-every-zero", [RUN, "checkpoint_every=0"], "checkpoint_every=0 is out of range"),
     ("device", [RUN, "device=tpu"], "device='tpu' is not valid; choose one of: auto, cpu, cuda"),
-    ("precision", [RUN, "precision=fp8"], "precision='fp8' is not valid; choose one of: fp32,"),
+    ("precision", [RUN, "precision=fp8"], "precision='fp8' is not valid; choose one of: auto,"),
     ("trainer-name", [RUN, "trainer.name=gpu"], "trainer='gpu' is not valid; choose one of"),
     ("progress", [RUN, "progress=loud"], "progress='loud' is not valid; choose one of: auto,"),
     ("on-nonfinite", [RUN, "on_nonfinite=ignore"], "on_nonfinite='ignore' is not valid; choose"),

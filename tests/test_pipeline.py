@@ -166,3 +166,27 @@ def test_bf16_autocast_trains_and_evaluates(tmp_path, trainer):
     df, summary = run(tmp_path, combo, "device=cpu", "precision=bf16", f"trainer={trainer}")
     check(df, summary)
     assert summary["config"]["precision"] == "bf16"
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_precision_auto_is_stored_resolved_and_resume_refuses_other(tmp_path, monkeypatch, native):
+    """``auto`` becomes bf16 only where the CPU has bf16 arithmetic; the run records the
+    resolved value, so resuming with the other precision is refused, naming it."""
+    monkeypatch.setattr(experiment, "cpu_has_bf16", lambda: native)
+    want, other = ("bf16", "fp32") if native else ("fp32", "bf16")
+    df, summary = run(tmp_path, ("fedavg", "none", False), "device=cpu", "precision=auto")
+    check(df, summary)
+    assert summary["config"]["precision"] == want
+    cfg = validate(cli.compose([*SMALL, "device=cpu", f"precision={other}"]))
+    refused = f"precision \\(run: {want}, asked: {other}\\)"
+    with pytest.raises(experiment.ConfigError, match=refused):
+        experiment.run(cfg, tmp_path / "run")
+
+
+def test_precision_auto_on_cuda_follows_the_gpu():
+    device = torch.device("cuda")
+    if torch.cuda.is_available():
+        want = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        assert experiment.resolve_precision("auto", device) == want
+    assert experiment.resolve_precision("fp32", device) == "fp32"
+    assert experiment.resolve_precision("bf16", torch.device("cpu")) == "bf16"

@@ -139,32 +139,49 @@ def researcher_loop(sim, rounds: int) -> tuple[list[float], list[float], float]:
 
 
 def afd_vs_researcher(repeats: int, device: str = "cpu", ds=None) -> dict[str, Any]:
-    """(a): ``experiment.run`` per round (with eval, CSV, checkpoint) vs the researcher loop."""
-    from .experiment import build, run
+    """(a): ``experiment.run`` per round (with eval, CSV, checkpoint) vs the researcher loop.
+
+    afd runs with the default ``precision`` and, where that resolves to bf16, once more in
+    fp32, so the ratio with defaults and the fp32 one come from the same process."""
+    from .experiment import build, resolve_device, resolve_precision, run
 
     cfg = _config(device=device)
     cfg.schedule.rounds = repeats + 1  # the first round of each side is a warm-up
-    with tempfile.TemporaryDirectory() as tmp:
-        summary = run(cfg, Path(tmp))
-        rows = pd.read_csv(Path(tmp) / "metrics.csv")
-    ckpt_per_round = summary["checkpoint_s"] / cfg.schedule.rounds
-    afd_s = [float(w) + ckpt_per_round for w in rows.wall_s.iloc[1:]]
+    default = resolve_precision(cfg.precision, resolve_device(cfg.device))
+    rows_by: dict[str, pd.DataFrame] = {}
+    summaries: dict[str, dict[str, Any]] = {}
+    for precision in dict.fromkeys((default, "fp32")):
+        cfg.precision = precision
+        with tempfile.TemporaryDirectory() as tmp:
+            summaries[precision] = run(cfg, Path(tmp))
+            rows_by[precision] = pd.read_csv(Path(tmp) / "metrics.csv")
     bare_s, bare_eval_s, bare_acc = researcher_loop(build(cfg, ds), cfg.schedule.rounds)
     bare_s, bare_eval_s = bare_s[1:], bare_eval_s[1:]
-    afd_med, bare_med = statistics.median(afd_s), statistics.median(bare_s)
+    bare_med = statistics.median(bare_s)
+    afd = []
+    for precision, rows in rows_by.items():
+        ckpt_per_round = summaries[precision]["checkpoint_s"] / cfg.schedule.rounds
+        afd_s = [float(w) + ckpt_per_round for w in rows.wall_s.iloc[1:]]
+        afd.append(
+            {
+                "precision": precision,
+                "default": precision == default,
+                "afd_round_s": afd_s,
+                "afd_median_s": statistics.median(afd_s),
+                "ratio": statistics.median(afd_s) / bare_med,
+                "afd_checkpoint_s_per_round": ckpt_per_round,
+                "afd_train_s": statistics.median(rows.train_s.iloc[1:]),
+                "afd_eval_s": statistics.median(rows.eval_s.iloc[1:]),
+                "afd_final_acc": float(rows.test_acc.iloc[-1]),
+            }
+        )
     return {
-        "device": summary["device"],
+        "device": summaries[default]["device"],
         "rounds_timed": repeats,
-        "afd_round_s": afd_s,
+        "afd": afd,  # the default precision first
         "bare_round_s": bare_s,
-        "afd_median_s": afd_med,
         "bare_median_s": bare_med,
-        "ratio": afd_med / bare_med,
-        "afd_checkpoint_s_per_round": ckpt_per_round,
-        "afd_train_s": statistics.median(rows.train_s.iloc[1:]),
-        "afd_eval_s": statistics.median(rows.eval_s.iloc[1:]),
         "bare_eval_s": statistics.median(bare_eval_s),
-        "afd_final_acc": float(rows.test_acc.iloc[-1]),
         "bare_final_acc": bare_acc,
     }
 
@@ -441,19 +458,21 @@ def codec_sizes() -> list[dict[str, Any]]:
 
 def _print_afd_vs_bare(r: dict[str, Any]) -> None:
     t = Table(title="(a) seconds per round: afd run vs the hand-written loop (same work)")
-    for c in ("device", "afd s/round", "bare s/round", "afd / bare", "eval s afd / bare"):
-        t.add_column(c, justify="left" if c == "device" else "right")
-    t.add_column("checkpoint s/round", justify="right")
-    t.add_column("final acc afd / bare", justify="right")
-    t.add_row(
-        r["device"],
-        f"{r['afd_median_s']:.2f}",
-        f"{r['bare_median_s']:.2f}",
-        f"{r['ratio']:.2f}x",
-        f"{r['afd_eval_s']:.2f} / {r['bare_eval_s']:.2f}",
-        f"{r['afd_checkpoint_s_per_round']:.3f}",
-        f"{r['afd_final_acc']:.4f} / {r['bare_final_acc']:.4f}",
-    )
+    for c in ("device", "afd precision", "afd s/round", "bare s/round", "afd / bare"):
+        t.add_column(c, justify="left" if c in ("device", "afd precision") else "right")
+    for c in ("eval s afd / bare", "checkpoint s/round", "final acc afd / bare"):
+        t.add_column(c, justify="right")
+    for a in r["afd"]:
+        t.add_row(
+            r["device"],
+            a["precision"] + (" (default)" if a["default"] else ""),
+            f"{a['afd_median_s']:.2f}",
+            f"{r['bare_median_s']:.2f}",
+            f"{a['ratio']:.2f}x",
+            f"{a['afd_eval_s']:.2f} / {r['bare_eval_s']:.2f}",
+            f"{a['afd_checkpoint_s_per_round']:.3f}",
+            f"{a['afd_final_acc']:.4f} / {r['bare_final_acc']:.4f}",
+        )
     console.print(t)
 
 

@@ -21,7 +21,7 @@ from . import registry
 VALUE_FORMATS = ("fp32", "fp16", "q8")
 DEVICES = ("auto", "cpu", "cuda")
 TRAINERS = ("auto", "sequential", "batched")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
 ON_NONFINITE = ("stop", "skip_client")
 # network profiles: data, not plug-ins (conf/network/<name>.yaml; a test keeps them equal)
 NETWORKS = ("none", "cellular_3g", "lte", "wifi")  # none = no clock
@@ -170,7 +170,9 @@ class RootConfig:
     state: StateConfig = field(default_factory=StateConfig)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    precision: str = "fp32"  # fp32 | bf16 (autocast in local training and evaluation)
+    # fp32 | bf16 (autocast in local training and evaluation) | auto (bf16 where the CPU or
+    # GPU computes it natively, else fp32; stored resolved in the checkpoint and summary)
+    precision: str = "fp32"
     # torch CPU threads; null = torch's default (all cores); use 1 per job for parallel sweeps
     threads: int | None = None
     data_dir: str = "~/.cache/afd-cli"  # conf/config.yaml reads $AFD_DATA_DIR first

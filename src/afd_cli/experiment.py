@@ -25,7 +25,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -219,13 +219,26 @@ def divergence_hint(cfg: RootConfig) -> str:
     return hint
 
 
-def cpu_has_bf16() -> bool:
-    """Whether this CPU has bfloat16 arithmetic (AMX or AVX512-BF16; Linux flags)."""
+def cpu_has_bf16() -> bool | None:
+    """Whether this CPU has bfloat16 arithmetic (AMX or AVX512-BF16; Linux flags); None when
+    it cannot tell (no ``/proc/cpuinfo``)."""
     try:
         flags = Path("/proc/cpuinfo").read_text().split()
     except OSError:
-        return True  # cannot tell: say nothing
+        return None
     return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``precision=auto``: bf16 where the hardware computes it natively (a CUDA GPU with bf16,
+    a CPU with AMX or AVX512-BF16), fp32 elsewhere, because emulated bf16 is several times
+    slower than fp32. Resolved once per run and stored resolved (checkpoint, summary.json),
+    so a resume on a machine that would resolve otherwise is refused, not silently mixed."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_bf16() else "fp32"
 
 
 def cpu_workers(cfg: RootConfig) -> int:
@@ -262,7 +275,8 @@ def build(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    if cfg.precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+    cfg = replace(cfg, precision=resolve_precision(cfg.precision, device))
+    if cfg.precision == "bf16" and device.type == "cpu" and cpu_has_bf16() is False:
         print(
             "note: precision=bf16 on a CPU without AMX or AVX512-BF16 emulates bfloat16 and "
             "runs several times slower than fp32 (8x measured on one such CPU)",
@@ -312,6 +326,7 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
     if cfg.progress != "none" and lead:  # loading (and verifying) a dataset can take seconds
         print(f"loading {cfg.dataset.name} ...", flush=True)
     sim = build(cfg, run_dir=run_dir)
+    cfg = sim.cfg  # with precision=auto resolved for this machine
     ds, device, weights = sim.ds, sim.device, sim.weights
     strategy, compressor, test, full_size = sim.strategy, sim.compressor, sim.test, sim.full_size
     if lead:
