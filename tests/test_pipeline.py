@@ -120,27 +120,31 @@ def test_cuda_trainers_agree_with_cpu(tmp_path, trainer):
 @pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("model", ["mlp", "cnn_mnist"])
 def test_batched_trainer_gives_the_sequential_run(tmp_path, monkeypatch, strategy, model):
-    """Same final global weights and per-round losses after 2 rounds (momentum, Dirichlet).
+    """Same global weights and per-round losses (momentum, Dirichlet); the mlp over 2 rounds.
 
-    The sequential trainer runs convs in channels_last, whose max-pool breaks ties (digits
-    are full of exact zeros) differently from the standard layout: an equally valid
-    subgradient that moves weights by ~5e-4 after 2 rounds, sequential against sequential.
-    So the reference here is the sequential trainer in the standard layout, which the batched
-    one matches to 1e-7 - 1e-5 (vmapped convs round differently with the chunk size).
+    The reference is the sequential trainer in the standard layout: in channels_last its
+    max-pool breaks exact ties (digits are full of zeros) differently, an equally valid
+    subgradient. The batched trainer matches it to ~1e-8 after one round, but its vmapped convs
+    round differently, and one ulp is enough to flip a max-pool *near*-tie in the next round:
+    on an AMD EPYC that moved the CNN's weights by 1e-3 in round 2 (on an Intel CPU it did
+    not). That is chaos, not a bug, so the CNN is compared after the one round where rounding
+    cannot have compounded, and the cross-round state (momentum, score maps) on the mlp.
     """
     import afd_cli.federated.client as client
 
     monkeypatch.setattr(client, "memory_format", lambda module: torch.contiguous_format)
     combo = (strategy, "none", False)
-    extra = ["device=cpu", f"model={model}", "partition=dirichlet"]
+    rounds = 2 if model == "mlp" else 1
+    extra = ["device=cpu", f"model={model}", "partition=dirichlet", f"schedule.rounds={rounds}"]
     seq, _ = run(tmp_path / "seq", combo, *extra, "trainer=sequential")
     bat, _ = run(tmp_path / "bat", combo, *extra, "trainer=batched", "trainer.chunk=2")
+    assert len(seq) == rounds
     assert seq.train_loss.tolist() == pytest.approx(bat.train_loss.tolist(), rel=1e-5)
     assert seq.keep_fraction.tolist() == bat.keep_fraction.tolist()
     a = torch.load(tmp_path / "seq" / "run" / "checkpoint.pt", weights_only=False)
     b = torch.load(tmp_path / "bat" / "run" / "checkpoint.pt", weights_only=False)
     for name, w in a["weights"].items():
-        torch.testing.assert_close(b["weights"][name], w, rtol=1e-3, atol=1e-5)
+        torch.testing.assert_close(b["weights"][name], w, rtol=1e-4, atol=1e-6)
 
 
 def test_thread_count_does_not_change_the_numbers(tmp_path):
