@@ -140,6 +140,20 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path):
     pd.testing.assert_frame_equal(straight[keep], resumed[keep])
 
 
+def test_resume_of_a_precision_auto_run_continues(tmp_path):
+    """The checkpoint stores ``auto`` resolved (bf16 or fp32 here); resuming the same launch
+    compares like with like, not the resolved value against ``auto`` (which refused it)."""
+    _run(tmp_path, "r", "schedule.rounds=1", "precision=auto")
+    p = subprocess.run(
+        [*AFD, "resume", str(tmp_path / "r"), "schedule.rounds=2"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert p.returncode == 0, p.stderr
+    assert len(pd.read_csv(tmp_path / "r" / "metrics.csv")) == 2
+
+
 def test_composed_defaults_are_the_schema_defaults():
     """The defaults list's options and the dataclass schema must not disagree (they did:
     schedule.rounds 10 in yaml, 20 in the dataclass): one default per key, whichever way a

@@ -575,7 +575,8 @@ MAY_CHANGE = (
 def _comparable(cfg: RootConfig) -> dict[str, Any]:
     """The parts of a config that must match for a resume to be the same run: all but
     :data:`MAY_CHANGE` and the keys its plug-ins do not read (``strategy.rate`` of fedavg)."""
-    d = asdict(cfg)
+    d = asdict(cfg)  # precision=auto as it resolves here: the checkpoint stores it resolved
+    d["precision"] = resolve_precision(cfg.precision, resolve_device(cfg.device))
     for key in (*MAY_CHANGE, *registry.unread_keys(d)):
         *parents, leaf = key.split(".")
         node = d
