@@ -19,6 +19,7 @@ import sys
 import traceback
 from dataclasses import MISSING, fields
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 from omegaconf import DictConfig, OmegaConf
@@ -823,7 +824,20 @@ def main() -> None:
         rv = _one_line_error(" ".join(e.format_message().split()), e.exit_code)
     except Abort:
         rv = 130
-    raise SystemExit(rv if isinstance(rv, int) else 0)
+    except SystemExit as e:  # a torchrun follower's failure (_follow), or sys.exit inside
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+        rv = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    _exit(rv if isinstance(rv, int) else 0)
+
+
+def _exit(code: int) -> NoReturn:
+    """Exit with ``code``; a process of a torchrun launch skips interpreter finalisation,
+    where torch's gloo backend can abort a finished run (``distributed.exit_process``)."""
+    joined = sys.modules.get("afd_cli.federated.distributed")
+    if joined is not None and joined.world() is not None:
+        joined.exit_process(code)
+    raise SystemExit(code)
 
 
 def _one_line_error(message: str, code: int) -> int:

@@ -45,10 +45,11 @@ import os
 import pickle
 import re
 import signal
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -161,6 +162,25 @@ def stop() -> None:
         with contextlib.suppress(Exception):  # a peer already gone: nothing left to tidy
             dist.destroy_process_group()
     _world = None
+
+
+def exit_process(code: int) -> NoReturn:
+    """End this torchrun process: atexit handlers (:func:`stop`, the client-state store's
+    spill directory), flushed streams, then ``os._exit``, without interpreter finalisation.
+
+    Why: gloo's run-loop thread drops a finished collective's work object (whose tensors
+    hold Python references) after the collective has returned to Python. When that lands in
+    ``Py_FinalizeEx``, the thread cannot take the GIL, is unwound through a noexcept
+    destructor and ``std::terminate`` aborts the process: a finished run exits -6 ("terminate
+    called without an active exception"), about 1 launch in 10 on 2 cores, after
+    ``destroy_process_group`` has returned (gdb: ``AsyncAllgatherWork::~AsyncAllgatherWork``
+    in ``ProcessGroupGloo::runLoop``; pytorch/pytorch#179291 is the same race).
+    """
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def world() -> World | None:
