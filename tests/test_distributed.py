@@ -280,3 +280,20 @@ def test_bad_collective_timeout_is_one_line(monkeypatch, value):
 
 def test_without_torchrun_a_run_is_one_process():
     assert distributed.world() is None and distributed.is_lead() and distributed.size() == 1
+
+
+def test_exit_process_runs_atexit_handlers_and_keeps_the_code(tmp_path):
+    """A torchrun process ends through os._exit (gloo can abort interpreter finalisation);
+    the atexit handlers (process group, the state store's spill directory) still run."""
+    mark = tmp_path / "ran"
+    code = (
+        "import atexit, pathlib, sys\n"
+        "from afd_cli.federated import distributed\n"
+        f"atexit.register(pathlib.Path({str(mark)!r}).write_text, 'yes')\n"
+        "print('said', flush=False)\n"
+        "distributed.exit_process(3)\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 3, p.stderr
+    assert p.stdout == "said\n"  # flushed before os._exit
+    assert mark.read_text() == "yes"
