@@ -115,7 +115,7 @@ CASES: list[tuple[str, list[str], str]] = [
     (
         "downlink-dense",
         [RUN, "compression=q8", "compression.downlink=true"],
-        "compression.downlink=true needs a sparse compressor, not compression='q8'",
+        "compression.downlink=true needs a compressor that reads it, not compression='q8'",
     ),
     # dataset / model
     ("test-fraction-one", [RUN, "dataset.test_fraction=1"], "dataset.test_fraction=1.0 is out"),

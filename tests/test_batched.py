@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from afd_cli import models, submodel
-from afd_cli.data.sources import TensorSamples, WindowSamples
+from afd_cli.data.samples import TensorSamples, WindowSamples
 from afd_cli.federated import batched
 from afd_cli.federated.batched import BatchedTrainer, chunk_from_memory
 from afd_cli.federated.client import LocalJob, LocalSGD, SequentialTrainer

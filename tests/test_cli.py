@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers import AFD, SMALL
 
-from afd_cli import cli, models
+from afd_cli import cli, compose, models
 from afd_cli.compression import encode_params
 from afd_cli.config import ConfigError
 from afd_cli.metrics import COLUMNS, TIMING_COLUMNS
@@ -32,8 +32,8 @@ BAD = {
     "seed=x": "could not be converted to Integer",
     "compression.sparsity=1": "compression.sparsity=1.0 is out of range",
     "schedule.momentum=1.5": "schedule.momentum=1.5 is out of range",
-    "compression.downlink=true": "compression.downlink=true needs a sparse compressor, not "
-    "compression='none'; choose one of: topk, dgc",
+    "compression.downlink=true": "compression.downlink=true needs a compressor that reads it, "
+    "not compression='none'; choose one of: dgc, hadamard, topk",
     "state.dtype=fp8": "state.dtype='fp8' is not valid; choose one of: fp32, fp16, bf16",
     "state.memory_mb=-5": "state.memory_mb=-5 is out of range; expected null or an integer >= 0",
 }
@@ -42,7 +42,7 @@ BAD = {
 @pytest.mark.parametrize("override,message", BAD.items())
 def test_bad_override_is_one_clear_line(override, message):
     with pytest.raises(ConfigError) as e:
-        cli.check([override])
+        compose.check([override])
     assert message in str(e.value)
     assert "\n" not in str(e.value)
 
@@ -61,15 +61,15 @@ def test_bad_override_exits_2_with_one_line_and_no_run_dir(tmp_path):
 
 def test_missing_dataset_names_the_fetch_command(tmp_path):
     with pytest.raises(ConfigError, match=f"afd data fetch mnist5k --data-dir {tmp_path}$"):
-        cli.check(["dataset=mnist5k", f"data_dir={tmp_path}"])
+        compose.check(["dataset=mnist5k", f"data_dir={tmp_path}"])
 
 
 def test_sweep_validates_every_job():
-    assert len(cli.expand_sweep(["strategy=fedavg,fd", "seed=0,1,2"])) == 6
+    assert len(compose.expand_sweep(["strategy=fedavg,fd", "seed=0,1,2"])) == 6
     # digits: the one dataset `make test` fetches (the default mnist is absent from a fresh CI)
     with pytest.raises(ConfigError, match="strategy.rate=1.2"):
-        for job in cli.expand_sweep(["dataset=digits", "strategy.rate=0.5,1.2"]):
-            cli.check(job)
+        for job in compose.expand_sweep(["dataset=digits", "strategy.rate=0.5,1.2"]):
+            compose.check(job)
 
 
 def test_a_joblib_sweep_runs_its_jobs_in_worker_processes(tmp_path):
@@ -89,7 +89,7 @@ def test_a_joblib_sweep_runs_its_jobs_in_worker_processes(tmp_path):
 @pytest.mark.parametrize("experiment", ["paper_mnist", "paper_shakespeare"])
 def test_paper_experiments_warm_dgc_up_over_four_epochs(experiment):
     """Lin et al. warm up over 4 epochs; an epoch of the federation is K / (C * E) rounds."""
-    cfg = cli.compose([f"experiment={experiment}", "compression=dgc"])
+    cfg = compose.compose([f"experiment={experiment}", "compression=dgc"])
     s = cfg.schedule
     assert cfg.compression.warmup_rounds == 4 * s.num_clients / (
         s.clients_per_round * s.local_epochs
@@ -163,7 +163,7 @@ def test_composed_defaults_are_the_schema_defaults():
 
     from afd_cli.config import RootConfig, validate
 
-    composed, schema = asdict(validate(cli.compose([]))), asdict(RootConfig())
+    composed, schema = asdict(validate(compose.compose([]))), asdict(RootConfig())
     composed.pop("data_dir"), schema.pop("data_dir")  # yaml reads $AFD_DATA_DIR
     assert composed == schema
 

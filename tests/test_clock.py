@@ -109,13 +109,15 @@ def test_profile_of_config():
 def test_network_profiles_are_the_conf_files_and_compose():
     from pathlib import Path
 
-    from afd_cli import cli
-    from afd_cli.config import NETWORKS, validate
+    from afd_cli import compose
+    from afd_cli.config import network_names, validate
+
+    NETWORKS = network_names()
 
     conf = Path(__file__).resolve().parents[1] / "conf" / "network"
     assert sorted(p.stem for p in conf.glob("*.yaml")) == sorted(NETWORKS)
     for name in NETWORKS:
-        assert validate(cli.compose([f"network={name}"])).network.name == name
-    g3 = validate(cli.compose(["network=cellular_3g"])).network
+        assert validate(compose.compose([f"network={name}"])).network.name == name
+    g3 = validate(compose.compose(["network=cellular_3g"])).network
     assert g3.up_mbps < g3.down_mbps  # the sources' uplinks are slower
-    assert validate(cli.compose([])).network.name == "lte"  # the default: a mid-range phone
+    assert validate(compose.compose([])).network.name == "lte"  # the default: a mid-range phone

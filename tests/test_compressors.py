@@ -8,10 +8,9 @@ import math
 import pytest
 import torch
 
-from afd_cli.compression import RoundContext, build, codec, entropy_bound_bits
+from afd_cli.compression import RoundContext, codec, entropy_bound_bits, make
 from afd_cli.compression.base import Params
 from afd_cli.compression.sparsify import keep_count
-from afd_cli.config import CompressionConfig
 
 
 class Identity:
@@ -60,10 +59,14 @@ def _params(seed: int, shapes: dict[str, tuple[int, ...]] = SHAPES, scale: float
     return {n: torch.randn(s, generator=g) * scale for n, s in shapes.items()}
 
 
-def _cfg(name: str, **kw: object) -> CompressionConfig:
-    base: dict[str, object] = {"name": name, "dense_below": 100, "warmup_rounds": 0}
-    base.update(kw)
-    return CompressionConfig(**base)  # type: ignore[arg-type]
+def _cfg(name: str, **kw: object) -> dict[str, object]:
+    return {"name": name, "dense_below": 100, "warmup_rounds": 0, **kw}
+
+
+def build(cfg: dict[str, object], shapes: dict | None = None):
+    """A compressor from ``_cfg`` keys (each compressor reads its own)."""
+    values = dict(cfg)
+    return make(str(values.pop("name")), shapes=shapes, **values)  # type: ignore[arg-type]
 
 
 def test_build_names() -> None:
@@ -204,8 +207,8 @@ def test_resume_reproduces_payloads(name: str) -> None:
 
 def test_cnn_mnist_dgc_upload_vs_dense() -> None:
     """SPEC's bytes story on cnn_mnist (1,663,370 entries): DGC at 99.9% <= dense / 200."""
-    dense = build(CompressionConfig(name="none"))
-    dgc = build(CompressionConfig(name="dgc", sparsity=0.999, warmup_rounds=4))
+    dense = make("none")
+    dgc = make("dgc", sparsity=0.999, warmup_rounds=4)
     upd = _params(0, CNN_MNIST, 0.01)
     n_total = sum(t.numel() for t in upd.values())
     assert n_total == 1_663_370

@@ -13,7 +13,7 @@ import pytest
 import torch
 from helpers import AFD
 
-from afd_cli import cli, data
+from afd_cli import cli, compose, data
 from afd_cli.config import ConfigError
 
 RUN = [
@@ -137,7 +137,7 @@ def test_missing_data_hint_names_a_custom_data_dir(tmp_path: Path, monkeypatch) 
 def test_check_refuses_damaged_data_before_a_run_and_names_the_data_dir(tmp_path: Path) -> None:
     _flip_pixel(_fake_cache(tmp_path))
     with pytest.raises(ConfigError, match=f"afd data fetch mnist5k --data-dir {tmp_path}$"):
-        cli.check([*RUN, f"data_dir={tmp_path}"])
+        compose.check([*RUN, f"data_dir={tmp_path}"])
 
 
 def test_a_sweep_verifies_each_dataset_once(tmp_path: Path, monkeypatch) -> None:
@@ -146,8 +146,8 @@ def test_a_sweep_verifies_each_dataset_once(tmp_path: Path, monkeypatch) -> None
     real = data.verify
     monkeypatch.setattr(data, "verify", lambda *a: calls.append(a) or real(*a))
     seen: set = set()
-    for job in cli.expand_sweep([*RUN, f"data_dir={tmp_path}", "seed=0,1,2"]):
-        cli.check(job, seen)
+    for job in compose.expand_sweep([*RUN, f"data_dir={tmp_path}", "seed=0,1,2"]):
+        compose.check(job, seen)
     assert calls == [("mnist5k", tmp_path)]
 
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from afd_cli.data import NAMES, DataDamaged, DataMissing, fetch, load, status
+from afd_cli import registry
+from afd_cli.data import DataDamaged, DataMissing, fetch, load, names, status
 from afd_cli.data.cache import MANIFEST
-from afd_cli.data.datasets import DATASETS
 from afd_cli.data.datasets import shakespeare as shk
 from afd_cli.data.datasets.shakespeare import ALL_LETTERS
 from afd_cli.data.samples import TensorSamples, WindowSamples
@@ -20,16 +20,6 @@ CACHE = Path.home() / ".cache" / "afd-cli"
 
 def _cached(name: str) -> bool:
     return (CACHE / name / MANIFEST).is_file()
-
-
-def test_old_sources_module_still_exports_its_names() -> None:
-    """``afd_cli.data.sources`` was split up; imports of it keep working."""
-    from afd_cli.data import sources
-
-    assert sources.load is load and sources.fetch is fetch and sources.NAMES == NAMES
-    assert sources.CACHE_FILE["mnist5k"] == "mnist5k.pt" and sources.MANIFEST == MANIFEST
-    assert sources.SOURCES["digits"].kind == "bundled"
-    assert sources.parse_play is shk.parse_play and sources.WindowSamples is WindowSamples
 
 
 def test_window_samples_batch_returns_right_chars() -> None:
@@ -150,7 +140,7 @@ def test_digits_load_shapes_and_normalisation(tmp_path: Path) -> None:
 
 def test_status_lists_every_name(tmp_path: Path) -> None:
     rows = status(tmp_path)
-    assert [r["name"] for r in rows] == list(NAMES)
+    assert [r["name"] for r in rows] == list(names())
     by = {r["name"]: r for r in rows}
     assert by["digits"]["present"] is True
     assert by["mnist"]["present"] is False and by["mnist"]["checksum_ok"] is None
@@ -171,7 +161,7 @@ def test_fetch_and_load_mnist5k(tmp_path: Path) -> None:
     assert ds.input_shape == (1, 28, 28)
     assert np.bincount(ds.test.labels.numpy()).tolist() == [50] * 10
     # a corrupted cache file is reported, not trusted
-    cache_file = tmp_path / "mnist5k" / DATASETS["mnist5k"].cache_file
+    cache_file = tmp_path / "mnist5k" / registry.load("dataset", "mnist5k").cache_file
     data = bytearray(cache_file.read_bytes())
     data[len(data) // 2] ^= 0xFF
     cache_file.write_bytes(bytes(data))

@@ -13,11 +13,8 @@ import pytest
 import torch
 
 from afd_cli import models, submodel
-from afd_cli.compression import RoundContext, build, codec, sparsify
+from afd_cli.compression import RoundContext, codec, make, sparsify
 from afd_cli.compression.base import encode_up_many
-from afd_cli.compression.dgc import DGCCompressor
-from afd_cli.compression.topk import TopKCompressor
-from afd_cli.config import CompressionConfig
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -35,15 +32,15 @@ CONFIGS = {
 }
 
 
-def _cfg(kw: dict) -> CompressionConfig:
-    return CompressionConfig(**{"dense_below": 100, "sample_ratio": 0.1, **kw})
+def _cfg(kw: dict) -> dict:
+    return {"dense_below": 100, "sample_ratio": 0.1, **kw}
 
 
 def _make(kw: dict, backend: str, device: str = "cpu"):
-    cfg = _cfg(kw)
-    if cfg.name == "dgc":
-        return DGCCompressor(cfg, SHAPES, seed=3, device=device, backend=backend)
-    return TopKCompressor(cfg, SHAPES, device=device, backend=backend)
+    values = _cfg(kw)
+    name = values.pop("name")
+    seed = 3 if name == "dgc" else 0
+    return make(name, SHAPES, seed=seed, device=device, backend=backend, **values)
 
 
 def _round(r: int):
@@ -119,10 +116,11 @@ def test_torch_backend_sends_what_numpy_sends(name, batched):
 
 def test_default_backend_follows_the_device():
     cfg = _cfg(CONFIGS["dgc"])
-    assert build(cfg, SHAPES).backend == "numpy"
-    assert build(cfg, SHAPES, device="cpu").backend == "numpy"
+    name = cfg.pop("name")
+    assert make(name, SHAPES, **cfg).backend == "numpy"
+    assert make(name, SHAPES, device="cpu", **cfg).backend == "numpy"
     with pytest.raises(ValueError):
-        TopKCompressor(_cfg(CONFIGS["topk"]), SHAPES, backend="jax")
+        make("topk", SHAPES, backend="jax")
 
 
 def test_numpy_backend_does_not_batch(monkeypatch):

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from afd_cli.compression import RoundContext, build, codec
+from afd_cli.compression import RoundContext, codec, make
 from afd_cli.compression.base import Params
 from afd_cli.compression.sparsify import (
     keep_count,
@@ -15,7 +15,6 @@ from afd_cli.compression.sparsify import (
     topk_indices,
     warmup_sparsity,
 )
-from afd_cli.config import CompressionConfig
 
 
 class Identity:
@@ -32,10 +31,13 @@ class Identity:
 ID = Identity()
 
 
-def _cfg(**kw: object) -> CompressionConfig:
-    base: dict[str, object] = {"name": "dgc", "dense_below": 16, "sample_ratio": 0.01}
-    base.update(kw)
-    return CompressionConfig(**base)  # type: ignore[arg-type]
+def _cfg(**kw: object) -> dict[str, object]:
+    return {"name": "dgc", "dense_below": 16, "sample_ratio": 0.01, **kw}
+
+
+def build(cfg: dict[str, object], shapes: dict | None = None, seed: int = 0):
+    values = dict(cfg)
+    return make(str(values.pop("name")), shapes=shapes, seed=seed, **values)  # type: ignore[arg-type]
 
 
 def _update(seed: int, shapes: dict[str, tuple[int, ...]]) -> Params:

@@ -25,10 +25,13 @@ import torch.distributed as dist
 from helpers import AFD, SMALL
 from omegaconf import OmegaConf
 
-from afd_cli import cli, experiment
+from afd_cli import compose
 from afd_cli.config import ConfigError, validate
 from afd_cli.federated import distributed
 from afd_cli.metrics import COLUMNS, TIMING_COLUMNS, intact_rows
+from afd_cli.run import build as building
+from afd_cli.run import checkpoint as ckpts
+from afd_cli.run import loop, rundir
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()),
@@ -65,11 +68,11 @@ def launch(n: int, cwd: Path, *args: str, timeout: float = 300) -> subprocess.Co
 def one_process(run_dir: Path, overrides: list[str], rounds: int, resume: bool = False) -> Path:
     """The run of one process (here), with the .hydra/ files `afd resume` reads."""
     overrides = [*BASE, *overrides, f"schedule.rounds={rounds}"]
-    composed = cli.compose([*overrides, f"resume={resume}"])
+    composed = compose.compose([*overrides, f"resume={resume}"])
     (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
     OmegaConf.save(OmegaConf.create(overrides), run_dir / ".hydra" / "overrides.yaml")
     OmegaConf.save(composed, run_dir / ".hydra" / "config.yaml")
-    experiment.run(validate(composed), run_dir)
+    loop.run(validate(composed), run_dir)
     return run_dir
 
 
@@ -101,7 +104,7 @@ def checkpoint(run_dir: Path) -> dict:
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     if "store" in ckpt:
         cfg = validate(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
-        experiment._inline_store(ckpt, cfg, experiment.build(cfg), run_dir / experiment.STATE_DIR)
+        ckpts.inline_store(ckpt, cfg, building.build(cfg), run_dir / rundir.STATE_DIR)
     return ckpt
 
 
@@ -227,7 +230,7 @@ def test_a_killed_process_ends_the_run_with_a_message_and_a_resumable_checkpoint
     assert len(said) == 1, stderr[-3000:]  # one line, from rank 0
     status = json.loads((run_dir / "status.json").read_text())
     assert status["status"] in ("failed", "interrupted"), status
-    done = experiment.load_checkpoint(run_dir / "checkpoint.pt")["state"]["round"]
+    done = ckpts.load(run_dir / "checkpoint.pt")["state"]["round"]
     assert done >= 2 and len(intact_rows(run_dir / "metrics.csv")) >= done
     # resumable, and exactly: one more round on one process is the uninterrupted run's
     one_process(run_dir, [], done + 1, resume=True)

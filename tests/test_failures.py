@@ -11,13 +11,15 @@ import torch
 from helpers import AFD, SMALL
 from test_report import fake_run  # pytest puts tests/ on sys.path
 
-from afd_cli import cli, experiment
+from afd_cli import compose
 from afd_cli import report as rep
 from afd_cli.config import ConfigError, validate
 from afd_cli.federated.client import LocalResult
 from afd_cli.federated.guard import Diverged
 from afd_cli.federated.round import sample_clients
 from afd_cli.metrics import COLUMNS, MetricsWriter, RoundProgress
+from afd_cli.run import build as building
+from afd_cli.run import loop
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,14 +45,14 @@ def afd(cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProc
 def test_non_finite_numbers_are_rejected_naming_the_key(override):
     key, _, value = override.partition("=")
     with pytest.raises(ConfigError) as e:
-        cli.check([*SMALL, override])
+        compose.check([*SMALL, override])
     assert str(e.value) == f"{key}={float(value)!r} is out of range; expected a finite number"
 
 
 def test_on_nonfinite_takes_stop_or_skip_client():
-    assert validate(cli.compose([])).on_nonfinite == "stop"
+    assert validate(compose.compose([])).on_nonfinite == "stop"
     with pytest.raises(ConfigError, match="on_nonfinite='drop' is not valid; choose one of: stop"):
-        cli.check([*SMALL, "on_nonfinite=drop"])
+        compose.check([*SMALL, "on_nonfinite=drop"])
 
 
 def test_divergence_stops_the_run_with_one_line_and_keeps_earlier_rounds(tmp_path):
@@ -113,18 +115,18 @@ class Poison:
 
 
 def _config(*extra):
-    return validate(cli.compose([*SMALL, "progress=none", *extra]))
+    return validate(compose.compose([*SMALL, "progress=none", *extra]))
 
 
 def _poisoned(monkeypatch, call, slot, what="loss"):
     made = []
-    real = experiment.make_trainer
+    real = building.make_trainer
 
     def make(*a, **k):
         made.append(Poison(real(*a, **k), call, slot, what))
         return made[-1]
 
-    monkeypatch.setattr(experiment, "make_trainer", make)
+    monkeypatch.setattr(building, "make_trainer", make)
     return made
 
 
@@ -133,7 +135,7 @@ def test_stop_names_round_and_client_and_keeps_rows(tmp_path, monkeypatch, what)
     _poisoned(monkeypatch, call=2, slot=1, what=what)
     cfg = _config("schedule.rounds=3")
     with pytest.raises(Diverged) as e:
-        experiment.run(cfg, tmp_path)
+        loop.run(cfg, tmp_path)
     client = sample_clients(cfg.seed, 1, 10, 3)[1]
     assert e.value.round == 2 and e.value.client == client
     assert str(e.value).startswith(f"round 2: client {client}: non-finite")
@@ -142,11 +144,11 @@ def test_stop_names_round_and_client_and_keeps_rows(tmp_path, monkeypatch, what)
 
 def test_skip_client_aggregates_exactly_the_other_clients(monkeypatch):
     made = _poisoned(monkeypatch, call=1, slot=1)
-    sim = experiment.build(_config("on_nonfinite=skip_client"))
+    sim = building.build(_config("on_nonfinite=skip_client"))
     before = {k: w.clone() for k, w in sim.weights.items()}
     r = sim.round(0)
     clean, poison = made[0].clean, made[0]
-    assert sim.skipped == [r.clients[1]]
+    assert sorted(sim.fed.guard.skipped) == [r.clients[1]]
     kept = [res for i, res in enumerate(clean) if i != poison.slot]
     n = sum(res.num_samples for res in kept)
     for k, w in sim.weights.items():
@@ -160,7 +162,7 @@ def test_skip_client_aggregates_exactly_the_other_clients(monkeypatch):
 
 def test_skip_client_counts_skipped_clients_and_keeps_going(tmp_path, monkeypatch):
     _poisoned(monkeypatch, call=2, slot=0)
-    summary = experiment.run(_config("schedule.rounds=3", "on_nonfinite=skip_client"), tmp_path)
+    summary = loop.run(_config("schedule.rounds=3", "on_nonfinite=skip_client"), tmp_path)
     m = pd.read_csv(tmp_path / "metrics.csv")
     assert list(m["skipped"]) == [0, 1, 0] and summary["rounds"] == 3
     assert m["train_loss"].notna().all() and m["test_acc"].notna().all()
@@ -168,7 +170,7 @@ def test_skip_client_counts_skipped_clients_and_keeps_going(tmp_path, monkeypatc
 
 def test_skip_client_leaves_the_skipped_clients_compressor_and_score_state(monkeypatch):
     made = _poisoned(monkeypatch, call=1, slot=2)
-    sim = experiment.build(
+    sim = building.build(
         _config(
             "on_nonfinite=skip_client",
             "strategy=multi",
@@ -179,7 +181,7 @@ def test_skip_client_leaves_the_skipped_clients_compressor_and_score_state(monke
     )
     r = sim.round(0)
     bad = r.clients[2]
-    assert made[0].calls == 1 and sim.skipped == [bad]
+    assert made[0].calls == 1 and sorted(sim.fed.guard.skipped) == [bad]
     maps = sim.strategy.state_dict()["maps"]  # AFD multi: no score update for it
     assert maps[bad]["last_loss"] is None
     assert all(maps[c]["last_loss"] is not None for c in r.clients if c != bad)
@@ -237,7 +239,7 @@ def test_report_names_a_run_that_diverged_before_any_round(tmp_path):
 
 def test_default_run_dirs_are_unique_within_one_second(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    dirs = {cli._claim_run_dir([*SMALL])[-1] for _ in range(3)}
+    dirs = {compose.claim_run_dir([*SMALL])[-1] for _ in range(3)}
     assert len(dirs) == 3
     assert len(list((tmp_path / "outputs" / "runs").iterdir())) == 3
 
@@ -275,16 +277,16 @@ def test_explicit_run_dir_holding_any_run_file_is_refused(tmp_path, held):
     d = tmp_path / "r"
     (d / held).mkdir(parents=True)
     with pytest.raises(ConfigError, match=f"already holds a run \\({held} exists\\)"):
-        cli._claim_run_dir([*SMALL, f"hydra.run.dir={d}"])
+        compose.claim_run_dir([*SMALL, f"hydra.run.dir={d}"])
 
 
 def test_explicit_empty_run_dir_is_used(tmp_path):
     d = tmp_path / "empty"
     d.mkdir()
-    over = cli._claim_run_dir([*SMALL, f"hydra.run.dir={d}"])
+    over = compose.claim_run_dir([*SMALL, f"hydra.run.dir={d}"])
     assert over[-1] == f"hydra.run.dir='{d}'" and (d / ".hydra").is_dir()
     with pytest.raises(ConfigError, match="already holds a run"):  # the claim is exclusive
-        cli._claim_run_dir([*SMALL, f"hydra.run.dir={d}"])
+        compose.claim_run_dir([*SMALL, f"hydra.run.dir={d}"])
 
 
 # --- newcomer papercuts ----------------------------------------------------------------------

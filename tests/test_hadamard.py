@@ -9,10 +9,9 @@ import math
 import pytest
 import torch
 
-from afd_cli.compression import RoundContext, build, codec, hadamard
+from afd_cli.compression import RoundContext, codec, hadamard, make
 from afd_cli.compression.base import Params
 from afd_cli.compression.lossy import HadamardCompressor
-from afd_cli.config import CompressionConfig
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -275,10 +274,12 @@ def test_corrupt_record_raises() -> None:
 # --------------------------------------------------------------------------- the compressor
 
 
-def _cfg(**kw) -> CompressionConfig:
-    base = {"name": "hadamard", "dense_below": 100, "block": 1024}
-    base.update(kw)
-    return CompressionConfig(**base)  # type: ignore[arg-type]
+def _cfg(**kw) -> dict:
+    return {"dense_below": 100, "block": 1024, **kw}
+
+
+def build(cfg: dict, seed: int = 0):
+    return make("hadamard", seed=seed, **cfg)
 
 
 def test_build_and_upload_estimates_the_update() -> None:
@@ -311,7 +312,7 @@ def test_cnn_mnist_upload_bytes_per_bits_setting() -> None:
     dense = len(codec.encode_params(upd))
     ratios = {}
     for bits in (1, 2, 4, 8):
-        comp = build(CompressionConfig(name="hadamard", bits=bits))
+        comp = make("hadamard", bits=bits)
         payload = comp.encode_up(0, upd, ID, RoundContext(0, 10))
         want = 8
         for shape in CNN_MNIST.values():

@@ -1,4 +1,4 @@
-"""The whole run path (compose -> validate -> experiment.run) for every strategy x compression.
+"""The whole run path (compose -> validate -> run.loop.run) for every strategy x compression.
 
 Small on purpose (digits, mlp, 2 rounds): the point is that every combination goes end to end
 on each device, with tensors where the round loop says they live. The CUDA half skips cleanly
@@ -13,15 +13,16 @@ import pandas as pd
 import pytest
 import torch
 
-from afd_cli import cli, experiment
-from afd_cli.config import validate
+from afd_cli import compose, registry
+from afd_cli.config import ConfigError, validate
 from afd_cli.metrics import TIMING_COLUMNS
-from afd_cli.registry import (
-    COMPRESSIONS,
-    DOWNLINK_COMPRESSIONS,
-    SPARSE_COMPRESSIONS,
-    STRATEGIES,
-)
+from afd_cli.run import build as building
+from afd_cli.run import loop
+
+STRATEGIES = registry.names("strategy")
+COMPRESSIONS = registry.names("compression")
+DOWNLINK_COMPRESSIONS = registry.readers("compression", "downlink")
+SPARSE_COMPRESSIONS = registry.readers("compression", "first_copy")  # per-client copies
 
 SMALL = [
     "dataset=digits",
@@ -68,10 +69,10 @@ def run(tmp_path, combo, *extra: str) -> tuple[pd.DataFrame, dict]:
         overrides.append("strategy.rate=0.25")
     if downlink:
         overrides.append("compression.downlink=true")
-    cfg = validate(cli.compose(overrides))
+    cfg = validate(compose.compose(overrides))
     out = tmp_path / "run"
     out.mkdir(parents=True)
-    summary = experiment.run(cfg, out)
+    summary = loop.run(cfg, out)
     return pd.read_csv(out / "metrics.csv"), summary
 
 
@@ -176,21 +177,21 @@ def test_bf16_autocast_trains_and_evaluates(tmp_path, trainer):
 def test_precision_auto_is_stored_resolved_and_resume_refuses_other(tmp_path, monkeypatch, native):
     """``auto`` becomes bf16 only where the CPU has bf16 arithmetic; the run records the
     resolved value, so resuming with the other precision is refused, naming it."""
-    monkeypatch.setattr(experiment, "cpu_has_bf16", lambda: native)
+    monkeypatch.setattr(building, "cpu_has_bf16", lambda: native)
     want, other = ("bf16", "fp32") if native else ("fp32", "bf16")
     df, summary = run(tmp_path, ("fedavg", "none", False), "device=cpu", "precision=auto")
     check(df, summary)
     assert summary["config"]["precision"] == want
-    cfg = validate(cli.compose([*SMALL, "device=cpu", f"precision={other}"]))
+    cfg = validate(compose.compose([*SMALL, "device=cpu", f"precision={other}"]))
     refused = f"precision \\(run: {want}, asked: {other}\\)"
-    with pytest.raises(experiment.ConfigError, match=refused):
-        experiment.run(cfg, tmp_path / "run")
+    with pytest.raises(ConfigError, match=refused):
+        loop.run(cfg, tmp_path / "run")
 
 
 def test_precision_auto_on_cuda_follows_the_gpu():
     device = torch.device("cuda")
     if torch.cuda.is_available():
         want = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-        assert experiment.resolve_precision("auto", device) == want
-    assert experiment.resolve_precision("fp32", device) == "fp32"
-    assert experiment.resolve_precision("bf16", torch.device("cpu")) == "bf16"
+        assert building.resolve_precision("auto", device) == want
+    assert building.resolve_precision("fp32", device) == "fp32"
+    assert building.resolve_precision("bf16", torch.device("cpu")) == "bf16"

@@ -244,7 +244,7 @@ def test_allowed_change_continues_and_is_recorded(run, tmp_path):
 def test_keys_a_plugin_does_not_read_never_block_a_resume():
     """fedavg reads no strategy.* key: a checkpoint written when the schema's strategy.rate
     default was 0.0 still resumes; for multi, the same difference is a different run."""
-    from afd_cli.experiment import config_differences
+    from afd_cli.run.resume import config_differences
 
     old = {"strategy": {"name": "fedavg", "rate": 0.0, "explore": 0.0}, "seed": 0}
     new = {"strategy": {"name": "fedavg", "rate": 0.25, "explore": 0.2}, "seed": 0}
@@ -275,7 +275,8 @@ STATEFUL = [
 KILLER = """
 import os, signal, sys
 import numpy as np
-from afd_cli import experiment, state
+from afd_cli import state
+from afd_cli.run import checkpoint
 what, n = sys.argv[1], int(sys.argv[2])
 calls = [0]
 def die():
@@ -302,7 +303,7 @@ def _replace(src, dst):
         die()
     return replace(src, dst)
 state.StateStore._write, state.StateStore.committed = _write, _committed
-experiment.os.replace = _replace
+checkpoint.os.replace = _replace
 sys.argv = ["afd", *sys.argv[3:]]
 from afd_cli.cli import main
 main()
@@ -376,7 +377,8 @@ def test_an_inline_checkpoint_from_before_the_state_store_still_resumes(stateful
     """Checkpoints used to hold every client's state inline (and no row, no index)."""
     import torch
 
-    from afd_cli import cli, experiment
+    from afd_cli import compose
+    from afd_cli.run import build as building
 
     run = tmp_path / "r"
     p = afd(
@@ -388,8 +390,8 @@ def test_an_inline_checkpoint_from_before_the_state_store_still_resumes(stateful
     )
     assert p.returncode == 0, p.stderr
     ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
-    cfg = cli.check([*STATEFUL, "schedule.rounds=2"])
-    sim = experiment.build(cfg, run_dir=run)
+    cfg = compose.check([*STATEFUL, "schedule.rounds=2"])
+    sim = building.build(cfg, run_dir=run)
     sim.store.restore(ckpt.pop("store"))
     ckpt.pop("row")
     ckpt["config"].pop("state")

@@ -8,10 +8,12 @@ import pandas as pd
 import pytest
 import torch
 
-from afd_cli import cli, experiment, models, submodel
-from afd_cli.compression import ServerMomentum, build
-from afd_cli.config import CompressionConfig, validate
+from afd_cli import models, submodel
+from afd_cli.compose import compose
+from afd_cli.config import validate
+from afd_cli.federated import server
 from afd_cli.federated.aggregate import MaskedMean
+from afd_cli.run.loop import run as run_loop
 
 MODEL = models.build("mlp", (1, 8, 8), 10, hidden=16)
 SHAPES = {k: tuple(p.shape) for k, p in MODEL.named_parameters()}
@@ -22,27 +24,35 @@ def _w(seed: int, scale: float = 1.0) -> dict[str, torch.Tensor]:
     return {k: torch.randn(s, generator=g) * scale for k, s in SHAPES.items()}
 
 
-def test_build_wraps_only_when_on_and_forwards_the_rest() -> None:
-    plain = build(CompressionConfig(name="dgc", momentum_correction=False))
-    assert not isinstance(plain, ServerMomentum)
-    assert getattr(plain, "apply_aggregate", None) is None
-    comp = build(CompressionConfig(name="dgc", momentum_correction=False, server_momentum=0.9))
-    assert isinstance(comp, ServerMomentum)
-    assert comp.name == "dgc" and comp.end_round()["sparsity"] == 0.0
+class Mean:
+    """A round's aggregate as the server step reads it (``delta()``)."""
+
+    def __init__(self, delta: dict[str, torch.Tensor]) -> None:
+        self._delta = delta
+
+    def delta(self) -> dict[str, torch.Tensor]:
+        return self._delta
+
+
+def test_build_is_plain_fedavg_unless_momentum_is_on() -> None:
+    assert type(server.build(0.0, 1.0)) is server.ServerStep
+    assert isinstance(server.build(0.9, 1.0), server.ServerMomentum)
+    cfg = validate(compose(["compression=dgc", "compression.server_momentum=0.9"]))
+    assert cfg.compression.server_momentum == 0.9  # every compressor reads it
 
 
 def test_momentum_rule_m_equals_b_m_plus_delta_and_w_moves_by_lr_m() -> None:
     b, lr = 0.9, 0.5
-    comp = build(CompressionConfig(name="topk", server_momentum=b, server_lr=lr))
+    step = server.build(b, lr)
     w0 = _w(0)
     w = {k: t.clone() for k, t in w0.items()}
     d1, d2 = _w(1, 0.1), _w(2, 0.1)
-    comp.apply_aggregate(d1, w)
-    comp.apply_aggregate(d2, w)
+    step.apply(Mean(d1), w)  # type: ignore[arg-type]
+    step.apply(Mean(d2), w)  # type: ignore[arg-type]
     for k in w:
         m2 = b * d1[k] + d2[k]
         torch.testing.assert_close(w[k], w0[k] + lr * d1[k] + lr * m2)
-    assert comp.state_nbytes() == 4 * sum(t.numel() for t in w.values())
+    assert step.nbytes() == 4 * sum(t.numel() for t in w.values())
 
 
 def test_zero_momentum_unit_lr_is_plain_fedavg() -> None:
@@ -57,26 +67,23 @@ def test_zero_momentum_unit_lr_is_plain_fedavg() -> None:
     mean.add_many(views, updates, [3.0, 1.0, 2.0])
     mean.apply_(ref)
     got = {k: t.clone() for k, t in w.items()}
-    ServerMomentum(build(CompressionConfig(name="topk")), 0.0, 1.0).apply_aggregate(
-        mean.delta(), got
-    )
+    server.ServerMomentum(0.0, 1.0).apply(mean, got)
     for k in w:
         torch.testing.assert_close(got[k], ref[k], rtol=0, atol=1e-6)
 
 
 def test_state_dict_round_trip_continues_identically() -> None:
-    cfg = CompressionConfig(name="dgc", momentum_correction=False, server_momentum=0.8)
-    a = build(cfg)
+    a = server.build(0.8, 1.0)
     wa = _w(0)
-    a.apply_aggregate(_w(1, 0.1), wa)
+    a.apply(Mean(_w(1, 0.1)), wa)  # type: ignore[arg-type]
     buf = io.BytesIO()
     torch.save(a.state_dict(), buf)
     buf.seek(0)
-    b = build(cfg)
+    b = server.build(0.8, 1.0)
     b.load_state_dict(torch.load(buf))
     wb = {k: t.clone() for k, t in wa.items()}
-    a.apply_aggregate(_w(2, 0.1), wa)
-    b.apply_aggregate(_w(2, 0.1), wb)
+    a.apply(Mean(_w(2, 0.1)), wa)  # type: ignore[arg-type]
+    b.apply(Mean(_w(2, 0.1)), wb)  # type: ignore[arg-type]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
@@ -103,9 +110,9 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path, strategy: str) -> Non
     extra = [f"strategy={strategy}"] + (["strategy.rate=0.25"] if strategy != "fedavg" else [])
 
     def run(out, rounds: int) -> pd.DataFrame:
-        cfg = validate(cli.compose([*SMALL, *extra, f"schedule.rounds={rounds}"]))
+        cfg = validate(compose([*SMALL, *extra, f"schedule.rounds={rounds}"]))
         out.mkdir(parents=True, exist_ok=True)
-        experiment.run(cfg, out)
+        run_loop(cfg, out)
         return pd.read_csv(out / "metrics.csv")
 
     straight = run(tmp_path / "a", 4)

@@ -11,9 +11,8 @@ import pytest
 import torch
 
 from afd_cli import strategies
-from afd_cli.compression import DGCCompressor, RoundContext, TopKCompressor
+from afd_cli.compression import RoundContext, make
 from afd_cli.compression.state import ClientStore
-from afd_cli.config import CompressionConfig, StrategyConfig
 from afd_cli.models import build as build_model
 from afd_cli.state import StateFileError, StateStore
 from afd_cli.submodel import View
@@ -223,14 +222,14 @@ def _updates(model, rounds: int, clients: list[int]):
 def test_compressor_state_spilled_to_disk_gives_identical_payloads(tmp_path, name, backend):
     model = _model()
     shapes = {k: tuple(p.shape) for k, p in model.named_parameters()}
-    cfg = CompressionConfig(name=name, sparsity=0.9, dense_below=20, downlink=True)
     view = View(model)
 
     def run(store: StateStore) -> list[bytes]:
         weights = {k: p.detach().clone() for k, p in model.named_parameters()}
-        cls = DGCCompressor if name == "dgc" else TopKCompressor
-        args = (3,) if name == "dgc" else ()
-        comp = cls(cfg, shapes, *args, device="cpu", backend=backend, store=store)
+        seed = 3 if name == "dgc" else 0
+        comp = make(
+            name, shapes, seed, "cpu", store, backend, sparsity=0.9, dense_below=20, downlink=True
+        )
         out = []
         for t, ups in _updates(model, 4, [0, 1, 2, 3, 4]):
             clients = [c for c in ups if (c + t) % 3]  # a changing subset each round
@@ -254,10 +253,9 @@ def test_compressor_state_spilled_to_disk_gives_identical_payloads(tmp_path, nam
 
 def test_multi_score_maps_spilled_to_disk_select_identically(tmp_path):
     model = build_model("cnn_mnist", (1, 28, 28), 10)
-    cfg = StrategyConfig(name="multi", rate=0.5, explore=0.2)
 
     def run(store: StateStore) -> list[dict[str, list[int]]]:
-        s = strategies.build(cfg, model, 0, store)
+        s = strategies.make("multi", model, 0, store, rate=0.5, explore=0.2)
         out = []
         for t in range(6):
             clients = [c for c in range(6) if (c + t) % 2]
@@ -272,7 +270,7 @@ def test_multi_score_maps_spilled_to_disk_select_identically(tmp_path):
 
 def test_score_map_flat_round_trip_is_exact():
     model = build_model("cnn_mnist", (1, 28, 28), 10)
-    s = strategies.build(StrategyConfig(name="multi", rate=0.5), model, 0)
+    s = strategies.make("multi", model, 0, rate=0.5)
     s.select(0, [4])
     s.observe(0, [4], [math.pi], [1])
     s.select(1, [4])
@@ -302,9 +300,9 @@ RUN = [
 
 
 def _cfg(*extra: str):
-    from afd_cli import cli
+    from afd_cli.compose import check
 
-    return cli.check([*RUN, *extra])
+    return check([*RUN, *extra])
 
 
 def _generations(run_dir) -> dict[tuple[str, int], str]:
@@ -315,16 +313,20 @@ def _generations(run_dir) -> dict[tuple[str, int], str]:
 
 
 def test_a_checkpoint_writes_only_the_clients_touched_since_the_last_one(tmp_path):
-    from afd_cli import experiment
+    from afd_cli.run import checkpoint
+    from afd_cli.run.build import build
+    from afd_cli.run.resume import comparable
+    from afd_cli.run.rundir import CHECKPOINT
+    from afd_cli.run.state import RunState
 
-    sim = experiment.build(_cfg(), run_dir=tmp_path)
-    path, state = tmp_path / experiment.CHECKPOINT, {"round": 0}
+    sim = build(_cfg(), run_dir=tmp_path)
+    path, state, config = tmp_path / CHECKPOINT, RunState(), comparable(_cfg())
     r0 = sim.round(0)
-    experiment._save_checkpoint(path, _cfg(), sim, state, {"round": 1})
+    checkpoint.save(path, config, sim, state, {"round": 1})
     first = _generations(tmp_path)
     assert {c for _, c in first} == set(r0.clients)
     r1 = sim.round(1)
-    written = experiment._save_checkpoint(path, _cfg(), sim, state, {"round": 2})
+    written = checkpoint.save(path, config, sim, state, {"round": 2})
     second = _generations(tmp_path)
     slot = sum(sim.store.get_space(ns).nbytes for ns in ("up", "down", "afd"))
     assert written == len(r1.clients) * slot + path.stat().st_size
@@ -338,7 +340,7 @@ def test_wall_s_includes_the_checkpoint(tmp_path, monkeypatch):
 
     import pandas as pd
 
-    from afd_cli import experiment
+    from afd_cli.run.loop import run
 
     commit = StateStore.commit
 
@@ -347,7 +349,7 @@ def test_wall_s_includes_the_checkpoint(tmp_path, monkeypatch):
         return commit(self)
 
     monkeypatch.setattr(StateStore, "commit", slow_commit)
-    experiment.run(_cfg("schedule.rounds=2"), tmp_path)
+    run(_cfg("schedule.rounds=2"), tmp_path)
     m = pd.read_csv(tmp_path / "metrics.csv")
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert (m.wall_s >= 0.3 + m.train_s + m.eval_s).all()
@@ -359,24 +361,13 @@ def test_wall_s_includes_the_checkpoint(tmp_path, monkeypatch):
 
 
 def test_a_round_in_chunks_is_the_round_at_once(tmp_path):
-    from afd_cli import experiment
     from afd_cli.federated.round import run_round
+    from afd_cli.run.build import build
 
     def one(chunk):
-        sim = experiment.build(_cfg("schedule.clients_per_round=5"))
-        kw = dict(seed=0, parts=sim.part_tensors, per_round=5, strategy=sim.strategy)
-        rs = [
-            run_round(
-                t,
-                sim.weights,
-                **kw,
-                compressor=sim.compressor,
-                trainer=sim.trainer,
-                full_size=sim.full_size,
-                chunk=chunk,
-            )
-            for t in range(2)
-        ]
+        sim = build(_cfg("schedule.clients_per_round=5"))
+        sim.fed.chunk = chunk
+        rs = [run_round(sim.fed, t) for t in range(2)]
         return sim.weights, [(r.clients, r.bytes_down, r.bytes_up, r.train_loss) for r in rs]
 
     (w_all, r_all), (w_two, r_two) = one(None), one(2)
@@ -389,23 +380,21 @@ def test_skipped_clients_and_an_all_skipped_round_span_the_chunks():
     from afd_cli.federated.client import LocalJob, LocalResult
     from afd_cli.federated.guard import SKIP, Diverged, FiniteGuard
 
-    class Inner:
-        def train(self, jobs, on_done=None):
-            bad = {1, 2, 3}
-            return [
-                LocalResult(j.weights, math.nan if j.client in bad else 1.0, 5, 0.0) for j in jobs
-            ]
+    def train(jobs):
+        bad = {1, 2, 3}
+        return [LocalResult(j.weights, math.nan if j.client in bad else 1.0, 5, 0.0) for j in jobs]
 
-    def jobs(*clients):
-        return [LocalJob(c, {}, {"w": torch.zeros(2)}, torch.arange(5), 0) for c in clients]
+    def check(*clients):
+        jobs = [LocalJob(c, {}, {"w": torch.zeros(2)}, torch.arange(5), 0) for c in clients]
+        return guard.check(jobs, train(jobs))
 
-    guard = FiniteGuard(Inner(), SKIP)
+    guard = FiniteGuard(SKIP)
     guard.begin_round(1, 4)
-    guard.train(jobs(0, 1))
-    res = guard.train(jobs(2, 3))  # all bad, but client 0 of the first chunk was fine
+    check(0, 1)
+    res = check(2, 3)  # all bad, but client 0 of the first chunk was fine
     assert guard.skipped == {1, 2, 3} and [r.num_samples for r in res] == [0, 0]
     guard.begin_round(2, 4)
     assert guard.skipped == set()
-    guard.train(jobs(1, 2))
+    check(1, 2)
     with pytest.raises(Diverged, match="every client of the round"):
-        guard.train(jobs(3, 3))
+        check(3, 3)

@@ -8,7 +8,7 @@ import torch
 from omegaconf import OmegaConf
 
 from afd_cli import models, strategies
-from afd_cli.config import ConfigError, StrategyConfig, validate
+from afd_cli.config import ConfigError, validate
 from afd_cli.strategies.afd import MultiModelAFD, SingleModelAFD
 
 MODELS = [
@@ -24,7 +24,7 @@ def model(request):
 
 
 def _build(name, model, rate=0.25, seed=0, **kw):
-    return strategies.build(StrategyConfig(name=name, rate=rate, **kw), model, seed)
+    return strategies.make(name, model, seed, rate=rate, **kw)
 
 
 def _keys(view):
@@ -175,7 +175,7 @@ def test_state_dict_is_plain(model):
 
 def test_build_rejects_unknown_and_config_validates(model):
     with pytest.raises(ValueError):
-        strategies.build(StrategyConfig(name="nope"), model, 0)
+        strategies.make("nope", model, 0)
     base = {"dataset": {"name": "digits"}, "model": {"name": "mlp"}}
     ok = validate(OmegaConf.create({**base, "strategy": {"name": "multi", "rate": 0.25}}))
     assert ok.strategy.score_update == "relative" and ok.strategy.explore == 0.2

@@ -19,7 +19,8 @@ import torch
 from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from .models import CharLSTM, FLModel
+from .models import FLModel
+from .models.char_lstm import CharLSTM
 
 
 def training_flops(module: FLModel, x: torch.Tensor) -> int:

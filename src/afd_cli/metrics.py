@@ -23,54 +23,65 @@ import csv
 import json
 import os
 import sys
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-COLUMNS = [
-    "round",
-    "dataset",
-    "model",
-    "partition",
-    "strategy",
-    "compression",
-    "seed",
-    "clients",
-    "skipped",  # clients dropped for a non-finite loss or update (on_nonfinite=skip_client)
-    "dropped",  # clients past network.deadline_s, left out of the round (stragglers)
-    "bytes_down",
-    "bytes_up",
-    "cum_bytes_down",
-    "cum_bytes_up",
-    "cum_bytes",
-    "train_loss",
-    "test_loss",
-    "test_acc",
-    "keep_fraction",
-    "sparsity",
-    "sim_round_s",  # simulated seconds of the round (network.*; empty with network=none)
-    "sim_time_s",  # simulated seconds since the start of the run
-    "wall_s",  # the whole round, its checkpoint included (see the module docstring)
-    "train_s",
-    "eval_s",
-]
+
+@dataclass
+class ClientRow:
+    """One client's part of a round (a row of ``clients.csv``): what it cost on the wire and
+    in local training, and whether the clock's deadline dropped it."""
+
+    round: int
+    client: int
+    bytes_down: int
+    bytes_up: int  # 0 when not sent (dropped by the deadline, or skipped as non-finite)
+    samples: int
+    steps: int  # local SGD steps: ceil(samples / batch_size) * local_epochs
+    flops: int  # FLOPs of its local training (forward + backward of the model it trained)
+    dropped: int  # 1: finished after network.deadline_s, left out of the round
+
+
+@dataclass
+class RoundRow:
+    """A row of ``metrics.csv``: one round."""
+
+    round: int
+    dataset: str
+    model: str
+    partition: str
+    strategy: str
+    compression: str
+    seed: int
+    clients: int
+    skipped: int  # clients dropped for a non-finite loss or update (on_nonfinite=skip_client)
+    dropped: int  # clients past network.deadline_s, left out of the round (stragglers)
+    bytes_down: int
+    bytes_up: int
+    cum_bytes_down: int
+    cum_bytes_up: int
+    cum_bytes: int
+    train_loss: float
+    test_loss: float | None  # None: not evaluated this round (an empty cell)
+    test_acc: float | None
+    keep_fraction: float
+    sparsity: float
+    sim_round_s: float | None  # simulated seconds of the round (network.*; empty with none)
+    sim_time_s: float | None  # simulated seconds since the start of the run
+    wall_s: float  # the whole round, its checkpoint included (see the module docstring)
+    train_s: float
+    eval_s: float
+
+
+COLUMNS = [f.name for f in fields(RoundRow)]
 TIMING_COLUMNS = ("wall_s", "train_s", "eval_s")
 SIM_COLUMNS = ("sim_round_s", "sim_time_s")  # written with 12 digits: re-timing matches them
-
-
 TEXT_COLUMNS = ("dataset", "model", "partition", "strategy", "compression")
-CLIENT_COLUMNS = [
-    "round",
-    "client",
-    "bytes_down",
-    "bytes_up",  # 0 when not sent (dropped by the deadline, or skipped as non-finite)
-    "samples",
-    "steps",  # local SGD steps: ceil(samples / batch_size) * local_epochs
-    "flops",  # FLOPs of its local training (forward + backward of the model it trained)
-    "dropped",  # 1: finished after network.deadline_s, left out of the round
-]
+CLIENT_COLUMNS = [f.name for f in fields(ClientRow)]
 
 
 def intact_rows(path: Path, keep_rounds: int | None = None) -> list[dict[str, str]]:
@@ -176,7 +187,8 @@ class MetricsWriter:
         self._file = path.open("a", newline="")
         self._writer = csv.DictWriter(self._file, fieldnames=COLUMNS)
 
-    def write(self, row: dict[str, Any]) -> None:
+    def write(self, row: RoundRow | dict[str, Any]) -> None:
+        row = asdict(row) if isinstance(row, RoundRow) else row
         self._writer.writerow({k: _fmt(row.get(k), 12 if k in SIM_COLUMNS else 6) for k in COLUMNS})
         self._file.flush()
 
@@ -199,8 +211,9 @@ class ClientsWriter:
         self._file = path.open("a", newline="")
         self._writer = csv.DictWriter(self._file, fieldnames=CLIENT_COLUMNS)
 
-    def write(self, rows: list[dict[str, Any]]) -> None:
-        self._writer.writerows([{k: int(r[k]) for k in CLIENT_COLUMNS} for r in rows])
+    def write(self, rows: list[ClientRow] | list[dict[str, Any]]) -> None:
+        plain = [asdict(r) if isinstance(r, ClientRow) else r for r in rows]
+        self._writer.writerows([{k: int(r[k]) for k in CLIENT_COLUMNS} for r in plain])
         self._file.flush()
 
     def close(self) -> None:
@@ -251,7 +264,8 @@ class RoundProgress:
         if self.mode == "rich":
             self._p.advance(self._clients)
 
-    def round_done(self, row: dict[str, Any]) -> None:
+    def round_done(self, r: RoundRow | dict[str, Any]) -> None:
+        row = asdict(r) if isinstance(r, RoundRow) else r
         acc = row.get("test_acc")
         acc_s = "" if acc is None or acc != acc else f"acc {acc:.4f} "
         mb = row["cum_bytes"] / 1e6

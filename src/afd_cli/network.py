@@ -131,3 +131,33 @@ def retime(p: Profile, seed: int, clients: Any) -> tuple[list[int], list[float],
         rounds.append(int(rnd))
         per_round.append(round_seconds(p, seed, rows.to_dict("records")))
     return rounds, per_round, list(accumulate(per_round))
+
+
+class Clock:
+    """The run's simulated clock: its profile and seed, asked by the round (which clients
+    miss the deadline) and by the run (how long each round took). Built once per run;
+    :meth:`of` gives None for ``network=none``."""
+
+    def __init__(self, profile: Profile, seed: int) -> None:
+        self.profile, self.seed = profile, seed
+
+    @classmethod
+    def of(cls, cfg: Any, seed: int) -> Clock | None:
+        profile = Profile.of(cfg)
+        return None if profile is None else cls(profile, seed)
+
+    @property
+    def deadline_s(self) -> float | None:
+        return self.profile.deadline_s
+
+    def late(self, rows: Iterable[Any]) -> set[int]:
+        """Clients whose row (a ``ClientRow``) finishes after the deadline."""
+        return late(self.profile, self.seed, [_mapping(r) for r in rows])
+
+    def round_seconds(self, rows: Sequence[Any]) -> float:
+        """Simulated seconds of a round from its client rows."""
+        return round_seconds(self.profile, self.seed, [_mapping(r) for r in rows])
+
+
+def _mapping(row: Any) -> Mapping[str, Any]:
+    return row if isinstance(row, Mapping) else vars(row)

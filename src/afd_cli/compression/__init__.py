@@ -1,42 +1,66 @@
-"""What goes on the wire: the codec and the compressors behind ``compression.name``.
+"""What goes on the wire: the codec and the compressors behind ``compression=``.
 
-``build(cfg)`` returns the :class:`~.base.Compressor` for a :class:`CompressionConfig`.
-Pass ``shapes`` (full-model ``{name: shape}``, in parameter order) whenever clients get
-sub-models: per-client state lives in full-model coordinates and the view alone does not
-tell the full shapes (a view may instead expose a ``full_shapes`` mapping).
+The contract is :class:`~.base.Compressor`; each compressor registers itself with
+``@registry.compressor(name)`` in its own module here (or in another package, by entry point).
+Per-client state lives in full-model coordinates in the run's
+:class:`~afd_cli.state.StateStore`, so pass the full ``shapes`` whenever clients get
+sub-models.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .. import registry
+from ..options import Options
 from .base import Compressor, Params, RoundContext, View
 from .codec import decode, decode_params, encode, encode_params, entropy_bound_bits
-from .dense import DenseCompressor
-from .dgc import DGCCompressor
-from .lossy import HadamardCompressor
-from .server import ServerMomentum
-from .state import Shapes, StateStore
-from .topk import TopKCompressor
 
 if TYPE_CHECKING:
-    from afd_cli.config import CompressionConfig
+    from .state import Shapes, StateStore
 
-NAMES = registry.names("compression")
+
+def build(opts: Options, setup: registry.Setup, **kwargs: Any) -> Compressor:
+    """The compressor ``opts.name`` names, built from its options and the run's setup."""
+    return registry.load("compression", opts.name)(opts, setup, **kwargs)
+
+
+def make(
+    name: str,
+    shapes: Shapes | None = None,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    store: StateStore | None = None,
+    backend: str | None = None,
+    **values: Any,
+) -> Compressor:
+    """A compressor built by hand (tests, benchmarks): ``make("dgc", shapes, sparsity=0.99)``.
+
+    ``values`` may name any ``compression.*`` key; those ``name`` does not read are ignored,
+    as in a config (a key no compressor declares is an error). ``backend`` (numpy | torch):
+    the sparse compressors' upload-state backend."""
+    from ..config import options_of
+    from ..state import StateStore
+
+    values = registry.read_values("compression", name, values)
+
+    setup = registry.Setup(
+        None,  # type: ignore[arg-type]  # compressors do not read the model
+        {k: tuple(s) for k, s in (shapes or {}).items()},
+        seed,
+        torch.device(device if device is not None else "cpu"),
+        store if store is not None else StateStore(),
+    )
+    extra = {"backend": backend} if backend is not None else {}
+    return build(options_of("compression", name, **values), setup, **extra)
+
 
 __all__ = [
-    "NAMES",
     "Compressor",
-    "DGCCompressor",
-    "DenseCompressor",
-    "HadamardCompressor",
     "Params",
     "RoundContext",
-    "ServerMomentum",
-    "TopKCompressor",
     "View",
     "build",
     "decode",
@@ -44,29 +68,5 @@ __all__ = [
     "encode",
     "encode_params",
     "entropy_bound_bits",
+    "make",
 ]
-
-
-def build(
-    cfg: CompressionConfig,
-    shapes: Shapes | None = None,
-    seed: int = 0,
-    device: torch.device | str | None = None,
-    store: StateStore | None = None,
-) -> Compressor:
-    """The compressor named by ``cfg.name``; ``seed`` drives DGC's threshold sampling and the
-    hadamard codec's per-message seeds. ``compression.server_momentum > 0`` wraps it in
-    :class:`ServerMomentum` (momentum on the aggregate).
-
-    ``device``: the model's device. On a GPU the sparse compressors keep their upload state
-    there and encode a round's clients batched (torch backend); on CPU they use numpy. The
-    hadamard codec encodes and decodes on ``device``.
-    ``store``: where per-client state lives (the run's, with its memory budget); a private,
-    unbounded one when None.
-    """
-    comp = registry.load("compression", cfg.name).from_config(
-        cfg, shapes=shapes, seed=seed, device=device, store=store
-    )
-    if cfg.server_momentum > 0:
-        return ServerMomentum(comp, cfg.server_momentum, cfg.server_lr)  # type: ignore[return-value]
-    return comp

@@ -37,6 +37,24 @@ from enum import IntEnum
 import numpy as np
 import torch
 
+from .hadamard import MAX_BITS, Rotated
+from .rice import entropy_bound_bits, rice_decode, rice_encode, rice_parameter
+
+__all__ = [
+    "Dense",
+    "Record",
+    "Rotated",
+    "Sparse",
+    "decode",
+    "decode_params",
+    "encode",
+    "encode_params",
+    "entropy_bound_bits",
+    "rice_decode",
+    "rice_encode",
+    "rice_parameter",
+]
+
 MAGIC = b"AFD"
 VERSION = 1
 _HEADER = struct.Struct("<3sBI")
@@ -92,98 +110,11 @@ class Sparse:
         return out.reshape(self.shape)
 
 
-@dataclass(frozen=True)
-class Rotated:
-    """A tensor of ``shape`` as Caldas et al.'s lossy code (built by :mod:`.hadamard`).
-
-    ``seed`` regenerates the receiver's random signs and subsample; ``keep`` is the subsample
-    threshold (a coordinate is kept when its 16-bit hash is below it; 0 = all kept); ``m``
-    coordinates were kept, quantised to ``bits`` bits in chunks of ``block`` with one
-    ``lo``/``step`` pair (fp32) per chunk; ``codes`` holds the packed bits (uint8, host).
-    """
-
-    shape: tuple[int, ...]
-    bits: int
-    block: int
-    seed: int
-    keep: int
-    m: int
-    lo: torch.Tensor
-    step: torch.Tensor
-    codes: torch.Tensor
-
-    def to_dense(self, device: torch.device | str | None = None) -> torch.Tensor:
-        """The decoded fp32 tensor (on ``device``; the host by default)."""
-        from .hadamard import decode_record
-
-        return decode_record(self, device)
-
-
 Record = Dense | Sparse | Rotated
 _ROT_HEAD = struct.Struct("<BBIH")
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def entropy_bound_bits(n: int, k: int) -> float:
-    """``log2 C(n, k)``: the fewest bits any code can spend on k positions out of n."""
-    if k < 0 or k > n:
-        raise ValueError(f"need 0 <= k <= n, got n={n}, k={k}")
-    return (math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)) / math.log(2)
-
-
-def rice_parameter(n: int, k: int) -> int:
-    """Rice parameter minimising the expected code length of geometric gaps (p = k/n).
-
-    A Rice code word for gap g costs ``1 + b + floor(g / 2^b)`` bits; for gaps geometric with
-    success probability p, ``E[floor(g / M)] = r^M / (1 - r^M)`` with ``r = 1 - p``.
-    """
-    if k <= 0 or k >= n:
-        return 0
-    log_r = math.log1p(-k / n)
-    best_b, best_cost = 0, math.inf
-    for b in range(0, max(1, n.bit_length()) + 1):
-        rm = math.exp((1 << b) * log_r)
-        cost = 1 + b + (rm / (1.0 - rm) if rm < 1.0 else math.inf)
-        if cost < best_cost:
-            best_b, best_cost = b, cost
-    return best_b
-
-
-def rice_encode(indices: np.ndarray, b: int) -> bytes:
-    """Sorted unique flat indices -> Golomb-Rice coded gaps (remainders, then unary quotients)."""
-    k = int(indices.size)
-    if k == 0:
-        return b""
-    gaps = np.diff(indices.astype(np.int64), prepend=np.int64(-1)) - 1
-    if gaps.min() < 0:
-        raise ValueError("sparse indices must be strictly increasing")
-    q = gaps >> b
-    nrem = k * b
-    bits = np.zeros(nrem + int(q.sum()) + k, dtype=np.uint8)
-    if b:
-        shifts = np.arange(b - 1, -1, -1, dtype=np.int64)
-        bits[:nrem] = ((gaps[:, None] >> shifts) & 1).ravel()
-    bits[nrem + np.cumsum(q + 1) - 1] = 1
-    return np.packbits(bits).tobytes()
-
-
-def rice_decode(stream: bytes | memoryview, k: int, b: int) -> np.ndarray:
-    """Inverse of :func:`rice_encode`: the k sorted flat indices as int64."""
-    if k == 0:
-        return np.zeros(0, dtype=np.int64)
-    bits = np.unpackbits(np.frombuffer(stream, dtype=np.uint8))
-    nrem = k * b
-    ones = np.flatnonzero(bits[nrem:])
-    if ones.size < k or bits.size < nrem:
-        raise ValueError("truncated Rice stream")
-    q = np.diff(ones[:k], prepend=np.int64(-1)) - 1
-    gaps = q << b
-    if b:
-        weights = np.left_shift(1, np.arange(b - 1, -1, -1, dtype=np.int64))
-        gaps |= bits[:nrem].reshape(k, b).astype(np.int64) @ weights
-    return np.cumsum(gaps + 1) - 1
 
 
 def _put_varint(out: bytearray, value: int) -> None:
@@ -308,7 +239,12 @@ def _put_shape(out: bytearray, kind: Kind, shape: tuple[int, ...]) -> None:
 
 def _encode_rotated(out: bytearray, rec: Rotated) -> None:
     block, chunks = rec.block, -(-rec.m // rec.block) if rec.block else 0
-    if not (1 <= rec.bits <= 8) or block < 1 or block & (block - 1) or not 0 <= rec.keep < 2**16:
+    if (
+        not (1 <= rec.bits <= MAX_BITS)
+        or block < 1
+        or block & (block - 1)
+        or not 0 <= rec.keep < 2**16
+    ):
         raise ValueError(f"bad hadamard record (bits={rec.bits}, block={block}, keep={rec.keep})")
     if rec.lo.numel() != chunks or rec.step.numel() != chunks:
         raise ValueError(f"hadamard record needs {chunks} lo/step pairs for m={rec.m}")
@@ -329,7 +265,7 @@ def _decode_rotated(buf: memoryview, pos: int, shape: list[int]) -> tuple[Rotate
         raise ValueError("truncated hadamard record")
     bits, log2_block, seed, keep = _ROT_HEAD.unpack_from(buf, pos)
     m, pos = _get_varint(buf, pos + _ROT_HEAD.size)
-    if not 1 <= bits <= 8 or log2_block > 30:
+    if not 1 <= bits <= MAX_BITS or log2_block > 30:
         raise ValueError(f"bad hadamard record (bits={bits}, log2 block={log2_block})")
     block = 1 << log2_block
     chunks = -(-m // block)

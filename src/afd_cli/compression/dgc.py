@@ -29,47 +29,54 @@ being zeroed, so nothing accumulated is ever lost.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from .. import registry
+from ..options import option
 from .base import Params, RoundContext
 from .sparsify import sampled_topk_indices, torch_sampled_topk_indices, warmup_sparsity
-from .state import Shapes, StateStore, np_view
-from .topk import TopKCompressor
+from .state import np_view
+from .topk import SparseOptions, TopKCompressor
 
 if TYPE_CHECKING:
-    from afd_cli.config import CompressionConfig
+    from ..registry import Setup
 
 
+@dataclass
+class DGCOptions(SparseOptions):
+    """Lin et al.'s techniques, each with its own switch (the paper's ablation is one sweep)."""
+
+    warmup_rounds: int = option(
+        4,
+        "rounds of exponential warm-up (75%, 93.75%, 98.4375%, 99.6%), then the target; Lin "
+        "et al. warm up over 4 epochs = 4 * num_clients / (clients_per_round * E) rounds",
+        ge=0,
+    )
+    momentum: float = option(0.9, "momentum m of the correction buffer u", ge=0, lt=1)
+    momentum_correction: bool = option(True, "u = m*u + G; v = v + u (false: v = v + G)")
+    momentum_masking: bool = option(True, "zero u and v where sent (false: zero v only)")
+    clip_norm: float | None = option(
+        None, "global clip c; each client clips to c * N^-1/2; null = off", gt=0
+    )
+    sample_ratio: float = option(
+        0.01, "fraction of entries sampled to estimate the threshold", gt=0, le=1
+    )
+
+
+@registry.compressor("dgc")
 class DGCCompressor(TopKCompressor):
     """Top-k plus DGC's clipping, momentum correction/masking, sampling and warm-up."""
 
-    def __init__(
-        self,
-        cfg: CompressionConfig,
-        shapes: Shapes | None = None,
-        seed: int = 0,
-        device: torch.device | str | None = None,
-        backend: str | None = None,
-        store: StateStore | None = None,
-    ):
-        self.buffers = ("u", "v") if cfg.momentum_correction else ("v",)
-        super().__init__(cfg, shapes, device, backend, store)
-        self.seed = seed
-        self._generators: list[torch.Generator] = []  # the clients being encoded, in order
+    options = DGCOptions
 
-    @classmethod
-    def from_config(
-        cls,
-        cfg: CompressionConfig,
-        shapes: Shapes | None = None,
-        seed: int = 0,
-        device: torch.device | str | None = None,
-        store: StateStore | None = None,
-    ) -> DGCCompressor:
-        return cls(cfg, shapes, seed, device, store=store)
+    def __init__(self, opts: DGCOptions, setup: Setup, backend: str | None = None) -> None:
+        self.buffers = ("u", "v") if opts.momentum_correction else ("v",)
+        super().__init__(opts, setup, backend)
+        self._generators: list[torch.Generator] = []  # the clients being encoded, in order
 
     def _seed_clients(self, round: int, clients: list[int]) -> None:
         """One threshold-sampling generator per client, seeded by ``(seed, round, client)``,

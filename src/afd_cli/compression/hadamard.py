@@ -38,11 +38,36 @@ layout of a record is in :mod:`.codec` (``Kind.HADAMARD``).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .codec import Rotated
+
+@dataclass(frozen=True)
+class Rotated:
+    """A tensor of ``shape`` as Caldas et al.'s lossy code (built by :mod:`.hadamard`).
+
+    ``seed`` regenerates the receiver's random signs and subsample; ``keep`` is the subsample
+    threshold (a coordinate is kept when its 16-bit hash is below it; 0 = all kept); ``m``
+    coordinates were kept, quantised to ``bits`` bits in chunks of ``block`` with one
+    ``lo``/``step`` pair (fp32) per chunk; ``codes`` holds the packed bits (uint8, host).
+    """
+
+    shape: tuple[int, ...]
+    bits: int
+    block: int
+    seed: int
+    keep: int
+    m: int
+    lo: torch.Tensor
+    step: torch.Tensor
+    codes: torch.Tensor
+
+    def to_dense(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """The decoded fp32 tensor (on ``device``; the host by default)."""
+        return decode_record(self, device)
+
 
 _M32 = 0xFFFFFFFF
 # streams of the hash, one per kind of draw

@@ -24,62 +24,63 @@ tensors are (the model's device); only packed codes and per-chunk scales cross t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from .. import registry
+from ..options import option
 from . import codec, hadamard
-from .base import Params, RoundContext, View
-from .dense import DenseCompressor
-from .state import Shapes, StateStore
+from .base import CompressionOptions, Compressor, Params, RoundContext, View
 
 if TYPE_CHECKING:
-    from afd_cli.config import CompressionConfig
+    from ..registry import Setup
 
 UP, DOWN = 0x55, 0xD0  # directions, mixed into the per-message seeds
+_BITS = {"ge": 1, "le": hadamard.MAX_BITS}
 
 
-class HadamardCompressor(DenseCompressor):
+@dataclass
+class HadamardOptions(CompressionOptions):
+    """Caldas et al.'s lossy code (:mod:`.hadamard` has the maths)."""
+
+    bits: int = option(8, "bits per rotated upload coordinate", **_BITS)
+    bits_down: int | None = option(
+        None, "bits of the downlink (downlink=true); null = bits", **_BITS
+    )
+    subsample: float = option(1.0, "fraction of rotated upload coordinates sent", gt=0, le=1)
+    block: int = option(
+        4096,
+        "rotation and quantisation block",
+        test=lambda b: 2 <= b <= 2**16 and b & (b - 1) == 0,
+        expected="a power of two in [2, 65536]",
+    )
+    dense_below: int = option(1024, "tensors with fewer entries go dense fp32 (biases)", ge=0)
+    downlink: bool = option(
+        False, "also send the sub-model rotated and quantised (never subsampled)", strict=True
+    )
+
+
+@registry.compressor("hadamard")
+class HadamardCompressor(Compressor):
     """Rotated, subsampled, stochastically quantised uploads; optionally the same downloads."""
 
-    def __init__(
-        self,
-        cfg: CompressionConfig,
-        shapes: Shapes | None = None,
-        seed: int = 0,
-        device: torch.device | str | None = None,
-    ) -> None:
-        super().__init__(cfg.name, "fp32", shapes)
-        hadamard.keep_threshold(cfg.subsample)  # raises on a bad fraction
-        for key, bits in (("bits", cfg.bits), ("bits_down", cfg.bits_down)):
-            if bits is not None and not 1 <= bits <= hadamard.MAX_BITS:
-                raise ValueError(f"compression.{key}={bits}; expected 1..{hadamard.MAX_BITS}")
-        if cfg.block < 1 or cfg.block & (cfg.block - 1):
-            raise ValueError(f"compression.block={cfg.block}; expected a power of two")
-        self.bits = cfg.bits
-        self.bits_down = cfg.bits_down if cfg.bits_down is not None else cfg.bits
-        self.subsample = cfg.subsample
-        self.block = cfg.block
-        self.dense_below = cfg.dense_below
-        self.downlink = cfg.downlink
-        self.seed = seed
-        self.device = torch.device(device if device is not None else "cpu")
+    options = HadamardOptions
 
-    @classmethod
-    def from_config(
-        cls,
-        cfg: CompressionConfig,
-        shapes: Shapes | None = None,
-        seed: int = 0,
-        device: torch.device | str | None = None,
-        store: StateStore | None = None,  # no per-client state
-    ) -> HadamardCompressor:
-        return cls(cfg, shapes, seed, device)
+    def __init__(self, opts: HadamardOptions, setup: Setup) -> None:
+        super().__init__(opts, setup)
+        self.bits = opts.bits
+        self.bits_down = opts.bits_down if opts.bits_down is not None else opts.bits
+        self.subsample = opts.subsample
+        self.block = opts.block
+        self.dense_below = opts.dense_below
+        self.downlink = opts.downlink
 
     def _seeds(self, client: int, direction: int, count: int) -> list[int]:
         """One 32-bit seed per tensor of a message, a pure function of the run's position."""
-        rng = np.random.default_rng([self.seed, self._round, client, direction])
+        rng = np.random.default_rng([self.seed, self.round, client, direction])
         return rng.integers(0, 2**32, size=count, dtype=np.uint64).tolist()
 
     def _encode(
@@ -93,25 +94,25 @@ class HadamardCompressor(DenseCompressor):
             if n < self.dense_below:
                 records.append(codec.Dense(t, "fp32"))
                 if direction == UP:
-                    self._count(n, n)
+                    self.count(n, n)
                 continue
             rec = hadamard.encode_tensor(
                 t, bits=bits, block=self.block, seed=seed, subsample=subsample
             )
             records.append(rec)
             if direction == UP:
-                self._count(rec.m, hadamard.rotated_size(n, self.block))
+                self.count(rec.m, hadamard.rotated_size(n, self.block))
         return codec.encode(records)
 
     def _decode(self, payload: bytes) -> Params:
-        names = self._order()
+        names = self.order()
         records = codec.decode(payload)
         if len(records) != len(names):
             raise ValueError(f"payload has {len(records)} tensors, expected {len(names)}")
         out: Params = {}
         for name, rec in zip(names, records, strict=True):
             if isinstance(rec, codec.Rotated):
-                out[name] = rec.to_dense(self.device)
+                out[name] = hadamard.decode_record(rec, self.device)
             elif isinstance(rec, codec.Dense):
                 out[name] = rec.values.to(self.device)
             else:
@@ -121,7 +122,7 @@ class HadamardCompressor(DenseCompressor):
     # -- Compressor protocol --------------------------------------------------------------
     def encode_down(self, client: int, weights: Params, view: View) -> bytes:
         """The sub-model rotated and quantised to ``bits_down`` (dense fp32 without downlink)."""
-        self._remember(weights)
+        self.remember(weights)
         if not self.downlink:
             return codec.encode_params(weights, "fp32")
         return self._encode(client, weights, DOWN, self.bits_down, 1.0)
@@ -132,8 +133,8 @@ class HadamardCompressor(DenseCompressor):
 
     def encode_up(self, client: int, update: Params, view: View, ctx: RoundContext) -> bytes:
         """The update rotated, subsampled and quantised to ``bits``."""
-        self._round = ctx.round
-        self._remember(update)
+        self.round = ctx.round
+        self.remember(update)
         return self._encode(client, update, UP, self.bits, self.subsample)
 
     def decode_up(self, client: int, payload: bytes, view: View) -> Params:

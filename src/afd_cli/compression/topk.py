@@ -20,65 +20,74 @@ selections work on ``[rows, n]``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .. import registry
+from ..options import ConfigError, option
 from . import codec
-from .base import Params, RoundContext, View
-from .dense import DenseCompressor
+from .base import CompressionOptions, Compressor, Params, RoundContext, View
 from .downlink import SparseDownlink
 from .sparsify import keep_count, topk_indices, torch_topk_indices
-from .state import ClientStore, Shapes, StateStore, np_view
-
-BACKENDS = ("numpy", "torch")
+from .state import ClientStore, np_view
 
 if TYPE_CHECKING:
-    from afd_cli.config import CompressionConfig
+    from ..registry import Setup
+
+BACKENDS = ("numpy", "torch")
+VALUE_FORMATS = ("fp32", "fp16", "q8")
 
 
-class TopKCompressor(DenseCompressor):
+@dataclass
+class SparseOptions(CompressionOptions):
+    """The keys of the sparse compressors (``topk``, ``dgc``)."""
+
+    sparsity: float = option(0.999, "target fraction of upload entries NOT sent", ge=0, lt=1)
+    values: str = option("fp32", "precision of the sent values", choices=("fp32", "fp16"))
+    dense_below: int = option(1024, "tensors with fewer entries go dense (biases)", ge=0)
+    downlink: bool = option(
+        False, "also compress the download (sparse diff vs the client's copy)", strict=True
+    )
+    first_copy: str = option(
+        "fp32",
+        "downlink: format of dense records (first copies, small tensors)",
+        choices=VALUE_FORMATS,
+        strict=True,
+    )
+
+    def check(self, prefix: str) -> None:
+        if self.first_copy != "fp32" and not self.downlink:
+            raise ConfigError(
+                f"{prefix}first_copy={self.first_copy} needs {prefix}downlink=true with a "
+                f"sparse compressor (it formats the downlink's dense records)"
+            )
+
+
+@registry.compressor("topk")
+class TopKCompressor(Compressor):
     """Top-k uploads with residual; dense fp32 downloads, or sparse deltas when ``downlink``."""
 
+    options = SparseOptions
     buffers: tuple[str, ...] = ("v",)
 
-    def __init__(
-        self,
-        cfg: CompressionConfig,
-        shapes: Shapes | None = None,
-        device: torch.device | str | None = None,
-        backend: str | None = None,
-        store: StateStore | None = None,
-    ) -> None:
-        super().__init__(cfg.name, "fp32", shapes)
-        if cfg.values not in ("fp32", "fp16"):
-            raise ValueError(f"compression.values must be fp32 or fp16, got {cfg.values!r}")
-        device = torch.device(device if device is not None else "cpu")
-        backend = backend or ("numpy" if device.type == "cpu" else "torch")
+    def __init__(self, opts: SparseOptions, setup: Setup, backend: str | None = None) -> None:
+        super().__init__(opts, setup)
+        backend = backend or ("numpy" if self.device.type == "cpu" else "torch")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        self.cfg = cfg
-        self.values = cfg.values
+        self.cfg = opts
+        self.values = opts.values
         self.backend = backend
-        self.device = device if backend == "torch" else torch.device("cpu")  # upload state
-        store = store if store is not None else StateStore()  # one store for both directions
+        self.device = self.device if backend == "torch" else torch.device("cpu")  # upload state
+        shapes, store = self._shapes, self.store  # one store for both directions
         self.up = ClientStore(self.buffers, shapes, device=self.device, store=store, name="up")
         self.down = (
-            SparseDownlink(cfg.values, cfg.dense_below, shapes, cfg.first_copy, store)
-            if cfg.downlink
+            SparseDownlink(opts.values, opts.dense_below, shapes, opts.first_copy, store)
+            if opts.downlink
             else None
         )
-
-    @classmethod
-    def from_config(
-        cls,
-        cfg: CompressionConfig,
-        shapes: Shapes | None = None,
-        seed: int = 0,
-        device: torch.device | str | None = None,
-        store: StateStore | None = None,
-    ) -> TopKCompressor:
-        return cls(cfg, shapes, device, store=store)  # deterministic: no seed
 
     # -- hooks ----------------------------------------------------------------------------
     def sparsity_at(self, round: int) -> float:
@@ -128,21 +137,21 @@ class TopKCompressor(DenseCompressor):
     # -- Compressor protocol --------------------------------------------------------------
     def encode_down(self, client: int, weights: Params, view: View) -> bytes:
         """Dense fp32, or the sparse delta vs the client's copy when ``downlink`` is on."""
-        self._remember(weights)
+        self.remember(weights)
         if self.down is None:
             return codec.encode_params(weights, "fp32")
-        return self.down.encode(client, weights, view, self.sparsity_at(self._round))
+        return self.down.encode(client, weights, view, self.sparsity_at(self.round))
 
     def decode_down(self, client: int, payload: bytes, view: View) -> Params:
         """The weights the client has after applying the payload (sub-model shape)."""
         if self.down is None:
-            return codec.decode_params(payload, self._order())
-        return self.down.decode(client, payload, view, list(self._order()))
+            return codec.decode_params(payload, self.order())
+        return self.down.decode(client, payload, view, list(self.order()))
 
     def encode_up(self, client: int, update: Params, view: View, ctx: RoundContext) -> bytes:
         """Accumulate into the client's state, send the selected entries, keep the rest."""
-        self._round = ctx.round
-        self._remember(update)
+        self.round = ctx.round
+        self.remember(update)
         sparsity = self.sparsity_at(ctx.round)
         update = self._prepare(update, ctx)
         bufs = self.up.gather(client, view, update)
@@ -163,7 +172,7 @@ class TopKCompressor(DenseCompressor):
                 records.append(codec.Dense(sent.reshape(acc.shape), self.values))
             else:
                 records.append(codec.Sparse(tuple(acc.shape), idx, sent, self.values))
-            self._count(idx.numel(), n)
+            self.count(idx.numel(), n)
         for key, sub in bufs.items():
             self.up.scatter(client, view, key, sub)
         return codec.encode(records)
@@ -179,9 +188,9 @@ class TopKCompressor(DenseCompressor):
 
         if self.backend != "torch" or not all(isinstance(v, ModelView) for v in views):
             return super().encode_up_many(clients, updates, views, ctx)
-        self._round = ctx.round
+        self.round = ctx.round
         for u in updates:
-            self._remember(u)
+            self.remember(u)
         payloads: list[bytes] = [b""] * len(clients)
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, v in enumerate(views):
@@ -225,14 +234,14 @@ class TopKCompressor(DenseCompressor):
                     records[row].append(codec.Dense(sent_h[row].reshape(shape), self.values))
                 else:
                     records[row].append(codec.Sparse(shape, idx_h[row], sent_h[row], self.values))
-            self._count(idx.numel(), c * n)
+            self.count(idx.numel(), c * n)
         for key, sub in bufs.items():
             self.up.scatter_many(clients, batch, key, sub)
         return [codec.encode(r) for r in records]
 
     def decode_up(self, client: int, payload: bytes, view: View) -> Params:
         """Dense sub-model-shape update (zeros where nothing was sent)."""
-        return codec.decode_params(payload, self._order())
+        return codec.decode_params(payload, self.order())
 
     def state_nbytes(self) -> int:
         """Upload buffers plus downlink copies of all clients that took part."""

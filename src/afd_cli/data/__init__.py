@@ -1,18 +1,25 @@
 """Data layer: offline dataset sources, in-memory samples and federated partitioners.
 
 Where things live: ``samples`` (in-memory tensors), ``cache`` (files, manifests, checksums),
-``catalog`` (fetch / status / load by name), ``datasets/`` (one module per dataset, listed in
-its ``__init__``), ``partition`` (splitting a dataset over clients).
+``catalog`` (fetch / status / load by name), ``datasets/`` (one module per dataset),
+``partitions/`` (one module per way of splitting a dataset over clients).
 """
 
 from afd_cli.data.cache import DataDamaged, DataError, DataMissing
 from afd_cli.data.catalog import fetch, is_fetched, load, status, verify
-from afd_cli.data.datasets import NAMES
-from afd_cli.data.partition import partition, partition_table
+from afd_cli.data.partitions import partition, partition_table
 from afd_cli.data.samples import FederatedDataset, Samples, TensorSamples, WindowSamples
 
+
+def names() -> tuple[str, ...]:
+    """The registered datasets (``dataset=`` options)."""
+    from afd_cli import registry
+
+    return registry.names("dataset")
+
+
 __all__ = [
-    "NAMES",
+    "names",
     "DataDamaged",
     "DataError",
     "DataMissing",

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .. import registry
 from .cache import (
     MANIFEST,
     DataError,
@@ -21,16 +22,14 @@ from .cache import (
     verified,
     write_manifest,
 )
-from .datasets import DATASETS, NAMES
 from .download import apt_download, check_archive, pip_download
 from .samples import FederatedDataset
-from .spec import DatasetSpec, LoadOptions
+from .spec import DatasetSpec
 
 
 def spec(name: str) -> DatasetSpec:
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset '{name}'; choose one of: {', '.join(NAMES)}")
-    return DATASETS[name]
+    """The registered dataset ``name`` (ValueError naming the valid ones otherwise)."""
+    return registry.get("dataset", name).obj
 
 
 def fetch(name: str, data_dir: Path, log: Callable[[str], Any] = print) -> Path:
@@ -75,7 +74,7 @@ def fetch(name: str, data_dir: Path, log: Callable[[str], Any] = print) -> Path:
 def status(data_dir: Path) -> list[dict[str, Any]]:
     """Presence, size and checksum of each dataset in the cache (checksums recomputed)."""
     rows: list[dict[str, Any]] = []
-    for name, ds in DATASETS.items():
+    for name, ds in ((n, p.obj) for n, p in registry.plugins("dataset").items()):
         ds_dir = Path(data_dir) / name
         if ds.bundled_path is not None:
             p = ds.bundled_path()
@@ -124,20 +123,16 @@ def is_fetched(name: str, data_dir: Path) -> bool:
 
 
 def load(
-    name: str,
-    data_dir: Path,
-    *,
-    seed: int = 0,
-    seq_len: int = 80,
-    stride: int = 1,
-    test_fraction: float = 0.1,
-    max_test_samples: int | None = None,
+    name: str, data_dir: Path, opts: Any = None, *, seed: int = 0, **values: Any
 ) -> FederatedDataset:
     """Load a fetched dataset into memory, checking the cached bytes it reads against the
     manifest; raises DataMissing if it is not in the cache, DataDamaged if it is not as
-    fetched (both one line, naming the command that fetches it again)."""
+    fetched (both one line, naming the command that fetches it again).
+
+    ``opts``: its options (``dataset.*``); else built from ``values`` and the defaults.
+    ``seed`` seeds the train/test split and the test subset only (a run passes 0, so runs
+    with different seeds share one test set)."""
     ds = spec(name)
-    if not 0.0 <= test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
-    opts = LoadOptions(seed, seq_len, stride, test_fraction, max_test_samples)
-    return ds.load(Path(data_dir), opts)
+    if opts is None:
+        opts = ds.options(name=name, **values)
+    return ds.load(Path(data_dir), opts, seed)

@@ -13,7 +13,7 @@ import torch
 
 from .cache import load_cache
 from .samples import FederatedDataset, TensorSamples, cap_test
-from .spec import Loader, LoadOptions
+from .spec import ImageOptions, Loader
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -73,17 +73,19 @@ def normalised(x_train: torch.Tensor, x_test: torch.Tensor) -> tuple[torch.Tenso
     return xt, xs
 
 
-def image_dataset(name: str, payload: dict[str, Any], opts: LoadOptions) -> FederatedDataset:
+def image_dataset(
+    name: str, payload: dict[str, Any], opts: ImageOptions, seed: int = 0
+) -> FederatedDataset:
     """A ten-class image dataset from an ``images_payload``; split it if it has no test set."""
     x_all, y_all = payload["x_train"], payload["y_train"]
     if "x_test" in payload:
         x_tr, y_tr, x_te, y_te = x_all, y_all, payload["x_test"], payload["y_test"]
     else:
-        tr_idx, te_idx = stratified_split(y_all.numpy(), opts.test_fraction, opts.seed)
+        tr_idx, te_idx = stratified_split(y_all.numpy(), opts.test_fraction, seed)
         tr, te = torch.from_numpy(tr_idx), torch.from_numpy(te_idx)
         x_tr, y_tr, x_te, y_te = x_all[tr], y_all[tr], x_all[te], y_all[te]
     xt, xs = normalised(x_tr, x_te)
-    test = cap_test(TensorSamples(xs, y_te), opts.max_test_samples, opts.seed)
+    test = cap_test(TensorSamples(xs, y_te), opts.max_test_samples, seed)
     return FederatedDataset(
         name=name,
         train=TensorSamples(xt, y_tr),
@@ -96,7 +98,7 @@ def image_dataset(name: str, payload: dict[str, Any], opts: LoadOptions) -> Fede
 def cached_images(name: str, cache_file: str) -> Loader:
     """The loader of an image dataset whose payload is the cache file ``cache_file``."""
 
-    def load(data_dir: Path, opts: LoadOptions) -> FederatedDataset:
-        return image_dataset(name, load_cache(name, data_dir, cache_file), opts)
+    def load(data_dir: Path, opts: ImageOptions, seed: int = 0) -> FederatedDataset:
+        return image_dataset(name, load_cache(name, data_dir, cache_file), opts, seed)
 
     return load

@@ -1,8 +1,10 @@
 """What a dataset is to the data layer: where it comes from, how it is cached, how it loads.
 
-Each dataset is one small module under ``datasets/`` that builds a ``DatasetSpec``; the
-registry in ``datasets/__init__.py`` lists them. Fetching, verifying and listing are the same
-for every dataset (``catalog.py``), so a new dataset only says what is specific to it.
+Each dataset is one small module under ``datasets/`` that builds a ``DatasetSpec`` and
+registers it with ``registry.dataset(spec)`` (that is the dataset contract: its source, the
+cache file, how to convert and how to load it, and its ``dataset.*`` options). Fetching,
+verifying and listing are the same for every dataset (``catalog.py``), so a new dataset only
+says what is specific to it.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from ..options import Options, option
 from .samples import FederatedDataset
 
 
@@ -24,21 +28,22 @@ class Source:
     member: str  # file (or glob prefix) inside the archive
 
 
-@dataclass(frozen=True)
-class LoadOptions:
-    """The knobs ``load`` passes to every dataset; each dataset reads the ones it needs."""
+@dataclass
+class ImageOptions(Options):
+    """The ``dataset.*`` keys of an image dataset."""
 
-    seed: int = 0
-    seq_len: int = 80
-    stride: int = 1
-    test_fraction: float = 0.1
-    max_test_samples: int | None = None
+    test_fraction: float = option(
+        0.1, "share held out for testing where there is no official test split", gt=0, lt=1
+    )
+    max_test_samples: int | None = option(
+        None, "evaluate on a fixed seeded subset of this many test samples; null = all", ge=1
+    )
 
 
 # (archive, dataset dir, scratch dir) -> the cached files it wrote, relative to the dataset dir
 Converter = Callable[[Path, Path, Path], list[str]]
-# (data_dir, options) -> the dataset in memory
-Loader = Callable[[Path, LoadOptions], FederatedDataset]
+# (data_dir, the dataset's options, split seed) -> the dataset in memory
+Loader = Callable[[Path, Any, int], FederatedDataset]
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,9 @@ class DatasetSpec:
     """One dataset: its source, the compact cache file ``load`` reads, and the two steps.
 
     A ``bundled`` dataset ships inside an installed package: it has no cache file and no
-    converter, and ``bundled_path`` says where the package keeps it.
+    converter, and ``bundled_path`` says where the package keeps it. ``options``: its
+    ``dataset.*`` keys; ``input``: image | text (a model must take it); ``groups``: its
+    samples carry natural client ids (``partition=natural``).
     """
 
     name: str
@@ -55,3 +62,6 @@ class DatasetSpec:
     cache_file: str | None = None
     convert: Converter | None = None
     bundled_path: Callable[[], Path] | None = None
+    options: type[Options] = ImageOptions
+    input: str = "image"
+    groups: bool = False

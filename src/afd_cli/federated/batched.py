@@ -50,7 +50,8 @@ from torch.func import functional_call, grad_and_value, vmap
 from torch.nn import functional as F
 
 from ..data import Samples
-from ..models import CharLSTM, FLModel
+from ..models import FLModel
+from ..models.char_lstm import CharLSTM
 from .client import LocalJob, LocalResult, LocalSGD, Params, SequentialTrainer, autocast
 
 CPU_CHUNK = 32  # clients trained together on CPU when chunk is None

@@ -28,12 +28,13 @@ The cut, and why the numbers do not depend on N:
 
 Rank 0 alone writes the run directory and prints; the others follow its decisions (the run
 directory, whether and from where to resume) by broadcast. A checkpoint gathers every
-process's client state into rank 0's one file, keyed by client id (the compressor state's
-per-client sections are the dicts keyed by int client ids, as :class:`ClientStore` writes
-them); on resume every process keeps its own clients' share, so a run may go on with another
-number of processes. A process that fails or stops answering ends the run: collectives time
-out after ``AFD_DIST_TIMEOUT`` seconds (default 300), a lost peer is one line from rank 0,
-and SIGTERM (torchrun stops every process when one fails) is handled like Ctrl-C.
+process's client state into rank 0's one file, keyed by client id (:func:`gathered_state`:
+the compressor state's per-client sections are the dicts keyed by int client ids, as
+:class:`ClientStore` writes them); on resume every process keeps its own clients' share, so a
+run may go on with another number of processes. A process that fails or stops answering ends
+the run: collectives time out after ``AFD_DIST_TIMEOUT`` seconds (default 300), a lost peer is
+one line from rank 0, and SIGTERM (torchrun stops every process when one fails) is handled like
+Ctrl-C. The pieces a round uses (the team, the split evaluation) are in :mod:`.team`.
 """
 
 from __future__ import annotations
@@ -55,9 +56,6 @@ import torch
 import torch.distributed as dist
 
 from ..config import ConfigError
-from .client import Evaluator, mean_of
-from .guard import FiniteGuard, filler_loss
-from .round import SOLO, Solo, Uploads
 
 T = TypeVar("T")
 TIMEOUT_ENV = "AFD_DIST_TIMEOUT"
@@ -283,175 +281,3 @@ def _broadcast(obj: Any, what: str) -> Any:
 def total(value: int, what: str) -> int:
     """The sum of ``value`` over the processes."""
     return value if _world is None else sum(all_gather(value, what))
-
-
-# --- the pieces a Simulation is made of ------------------------------------------------------
-
-
-class Team(Solo):
-    """The processes of a run as :func:`~afd_cli.federated.round.run_round` sees them: this
-    one's clients (:func:`owner`), and every process's uploads gathered in client order."""
-
-    def __init__(self, w: World, guard: FiniteGuard, compressor: Any, device: torch.device):
-        self.world, self.guard, self.compressor = w, guard, compressor
-        self.device = device if device.type == "cuda" else torch.device("cpu")
-        self._clients: list[int] = []
-        guard.deferred = True  # the verdict on non-finite clients waits for every process's
-
-    def mine(self, clients: list[int]) -> list[int]:
-        self._clients = list(clients)
-        return [i for i, c in enumerate(clients) if owner(c, self.world.size) == self.world.rank]
-
-    def gather(self, ups: Uploads) -> Uploads:
-        """Every process's uploads and non-finite clients; the round's verdict on those
-        (:meth:`FiniteGuard.settle`, raising :class:`Diverged` in every process alike) and
-        the upload counts, both over all processes."""
-        sent, offered = self.compressor.upload_counts()
-        parts = all_gather(
-            (ups, self.guard.bad, sent, offered),
-            f"exchanging the uploads of round {self.guard.round}",
-            self.device,
-        )
-        rows: dict[int, tuple[bytes, float, int, int, float]] = {}
-        bad: list[tuple[int, str]] = []
-        sent = offered = 0
-        for part, part_bad, part_sent, part_offered in parts:
-            rows.update(
-                zip(
-                    part.clients,
-                    zip(
-                        part.payloads,
-                        part.losses,
-                        part.sizes,
-                        part.bytes_down,
-                        part.seconds,
-                        strict=True,
-                    ),
-                    strict=True,
-                )
-            )
-            bad += part_bad
-            sent, offered = sent + part_sent, offered + part_offered
-        clients = sorted(rows)
-        if clients != sorted(self._clients):
-            raise RuntimeError(
-                f"the processes disagree on the clients of round {self.guard.round}: "
-                f"{clients} gathered, {sorted(self._clients)} sampled here"
-            )
-        self.guard.skipped = set()
-        if bad:
-            self.guard.settle(sorted(bad), len(clients))
-        losses = [rows[c][1] for c in clients]
-        sizes = [rows[c][2] for c in clients]
-        if self.guard.skipped:  # their loss as one process reports it (weight 0)
-            kept = [i for i, c in enumerate(clients) if c not in self.guard.skipped]
-            filler = filler_loss([losses[i] for i in kept], [sizes[i] for i in kept])
-            skipped = self.guard.skipped
-            losses = [filler if c in skipped else x for c, x in zip(clients, losses, strict=True)]
-        self.compressor.set_upload_counts(sent, offered)
-        return Uploads(
-            clients,
-            [rows[c][0] for c in clients],
-            losses,
-            sizes,
-            [rows[c][3] for c in clients],
-            [rows[c][4] for c in clients],
-            max(part.train_s for part, *_ in parts),
-        )
-
-
-class Sharded:
-    """A compressor whose per-client state is spread over the processes (see the module
-    docstring): its checkpoint state is gathered into one dict on rank 0, and loading keeps
-    this process's clients. Everything else is the inner compressor's."""
-
-    def __init__(self, inner: Any, w: World):
-        self.inner, self.world = inner, w
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Every process's state merged (rank 0; the others get their own, unused)."""
-        local = self.inner.state_dict()
-        states: list[dict[str, Any]] | None = [{}] * self.world.size if self.world.lead else None
-        with _collective("gathering the client state for the checkpoint"):
-            dist.gather_object(local, states, dst=0)
-        return merge_states(states) if states is not None else local
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.inner.load_state_dict(own_share(state, self.world.rank, self.world.size))
-
-    def state_nbytes(self) -> int:
-        return total(self.inner.state_nbytes(), "adding up the client state")
-
-
-def _per_client(sections: list[Any]) -> bool:
-    return all(isinstance(s, dict) for s in sections) and all(
-        isinstance(k, int) for s in sections for k in s
-    )
-
-
-def merge_states(states: list[dict[str, Any]]) -> dict[str, Any]:
-    """One compressor state out of every process's: the per-client sections (dicts keyed by
-    client id) united, everything else (replicated) from rank 0."""
-    merged = dict(states[0])
-    for key in states[0]:
-        sections = [s.get(key, {}) for s in states]
-        if not _per_client(sections):
-            continue
-        united: dict[int, Any] = {}
-        for section in sections:
-            for client, value in section.items():
-                if client in united:
-                    raise RuntimeError(
-                        f"compressor state {key!r}: client {client} is in two processes"
-                    )
-                united[client] = value
-        merged[key] = dict(sorted(united.items()))
-    return merged
-
-
-def own_share(state: dict[str, Any], rank: int, size: int) -> dict[str, Any]:
-    """``state`` with only this process's clients in its per-client sections."""
-    return {
-        k: {c: v for c, v in s.items() if owner(c, size) == rank} if _per_client([s]) else s
-        for k, s in state.items()
-    }
-
-
-class SplitEvaluator:
-    """Each process evaluates a contiguous run of test batches; the per-batch sums are
-    gathered and added in batch order, as one process adds them."""
-
-    def __init__(self, inner: Evaluator, w: World):
-        self.inner, self.world = inner, w
-
-    def __call__(self, weights: dict[str, torch.Tensor]) -> tuple[float, float]:
-        sums = self.inner.sums(weights, (self.world.rank, self.world.size))
-        parts = all_gather(sums, "evaluating the global model")
-        return mean_of(torch.cat(parts), len(self.inner.data))
-
-
-def team(guard: FiniteGuard, compressor: Any, device: torch.device) -> tuple[Solo, Any]:
-    """The round's team and the compressor to use: :data:`SOLO` and the compressor itself
-    in a single process, else a :class:`Team` and the :class:`Sharded` compressor."""
-    if _world is None:
-        return SOLO, compressor
-    if device.type == "cuda" and not _world.cuda:
-        raise ConfigError(
-            f"device=cuda under torchrun needs one GPU per process: LOCAL_RANK="
-            f"{_world.local_rank} but {torch.cuda.device_count()} GPUs are visible; start fewer "
-            "processes per node or use device=cpu"
-        )
-    if not hasattr(compressor, "set_upload_counts"):  # the DenseCompressor base has them
-        raise ConfigError(
-            f"compression={compressor.name} does not report its upload counts "
-            "(upload_counts / set_upload_counts), which a run over several processes adds up"
-        )
-    return Team(_world, guard, compressor, device), Sharded(compressor, _world)
-
-
-def evaluator(inner: Evaluator) -> Evaluator | SplitEvaluator:
-    """The evaluator to use: split over the processes of a distributed run."""
-    return inner if _world is None else SplitEvaluator(inner, _world)

@@ -22,11 +22,12 @@ result does not depend on the chunk size, apart from the order of float addition
 clients of several sub-model shapes are aggregated (chunks are multiples of
 ``aggregate.STACK``, so a round of one shape sums in the same order).
 
-What each client cost is kept as a :class:`ClientRecord` (bytes each way, samples, sub-model
-shape). An optional ``drop`` policy (the simulated clock's deadline) sees each chunk's records
-once its uploads are encoded and names clients to leave out (it judges each client by its own
-record): their download happened, their upload is not sent (0 bytes), their update is not
-aggregated and the strategy does not see it.
+What each client cost is kept as its ``clients.csv`` row (:class:`~afd_cli.metrics.ClientRow`:
+bytes each way, samples, local steps and FLOPs). The simulated clock's deadline, when there is
+one, sees each chunk's rows once its uploads are encoded and names the clients that finish too
+late (each judged by its own row): their download happened, their upload is not sent (0 bytes),
+their update is not aggregated and the strategy does not see it. Clients whose local result
+is not finite (``on_nonfinite=skip_client``, :mod:`.guard`) send nothing either.
 
 A *team* says which of the round's clients this process trains and gathers every process's
 :class:`Uploads`; alone (:class:`Solo`, the default) that is all of them and nothing to gather.
@@ -47,24 +48,18 @@ import numpy as np
 import torch
 
 from ..compression.base import Compressor, RoundContext, encode_up_many
+from ..flops import TrainingCost
+from ..metrics import ClientRow
+from ..network import Clock
 from ..strategies.base import Strategy
+from ..submodel import View
 from .aggregate import STACK, MaskedMean
-from .client import LocalJob, LocalResult
+from .client import LocalJob, LocalResult, Trainer
+from .guard import FiniteGuard
+from .server import ServerStep
 
 Params = dict[str, torch.Tensor]
 CHUNK = STACK  # clients in flight at once (see the module docstring)
-
-
-@dataclass
-class ClientRecord:
-    """One client's part of a round: what it cost on the wire and what it trained."""
-
-    client: int
-    bytes_down: int
-    bytes_up: int  # 0 when its upload was not sent (dropped, or skipped as non-finite)
-    samples: int
-    units: dict[str, int]  # the (sub-)model it trained, units per droppable layer
-    dropped: bool = False  # left out by the ``drop`` policy (a straggler past the deadline)
 
 
 @dataclass
@@ -76,7 +71,8 @@ class RoundResult:
     keep_fraction: float  # parameters sent / full-model parameters, averaged over clients
     compressor_stats: dict[str, float]
     train_s: float  # wall seconds of local training (the rest is codec + aggregation)
-    records: list[ClientRecord] = field(default_factory=list)  # one per client, in order
+    rows: list[ClientRow] = field(default_factory=list)  # one per client, in order
+    skipped: int = 0  # clients dropped for a non-finite result (on_nonfinite=skip_client)
 
 
 @dataclass
@@ -108,6 +104,26 @@ class Solo:
 SOLO = Solo()
 
 
+@dataclass
+class Federation:
+    """Everything a round is run with, built once per run (:func:`afd_cli.run.build.build`)."""
+
+    weights: Params  # the global model, updated in place
+    parts: list[torch.Tensor]  # each client's train sample indices
+    per_round: int
+    seed: int
+    strategy: Strategy
+    compressor: Compressor
+    trainer: Trainer
+    guard: FiniteGuard
+    server: ServerStep
+    cost: TrainingCost
+    full_size: int  # parameters of the full model
+    clock: Clock | None = None  # the deadline, when the clock has one
+    team: Solo = SOLO  # the processes of a torchrun run share the clients
+    chunk: int | None = CHUNK
+
+
 def sample_clients(seed: int, round: int, num_clients: int, per_round: int) -> list[int]:
     """Uniform sampling without replacement, a pure function of (seed, round)."""
     rng = np.random.default_rng([seed, round, 0x5A])
@@ -128,83 +144,69 @@ def update_of(job: LocalJob, result: LocalResult) -> Params:
     return {k: result.weights[k] - job.weights[k] for k in job.weights}
 
 
-def run_round(
-    round: int,
-    weights: Params,
-    *,
-    seed: int,
-    parts: list[torch.Tensor],
-    per_round: int,
-    strategy: Strategy,
-    compressor: Compressor,
-    trainer,
-    full_size: int,
-    on_client_done=None,
-    drop: Callable[[list[ClientRecord]], set[int]] | None = None,
-    team: Solo = SOLO,
-    chunk: int | None = CHUNK,
-) -> RoundResult:
-    """Run one round in place on ``weights`` (the global model) and report what it cost."""
-    clients = sample_clients(seed, round, len(parts), per_round)
-    views = strategy.select(round, clients)
+def run_round(fed: Federation, round: int, on_client_done: Callable[[], None] | None = None):
+    """Run round ``round`` (0-based) in place on ``fed.weights`` and report what it cost."""
+    weights, comp, guard, team = fed.weights, fed.compressor, fed.guard, fed.team
+    clients = sample_clients(fed.seed, round, len(fed.parts), fed.per_round)
+    views = fed.strategy.select(round, clients)
     ctx = RoundContext(round, len(clients))
     device = next(iter(weights.values())).device
+    guard.begin_round(round + 1, len(clients))
+    comp.begin_round(round)
     mean = MaskedMean(weights)
-    train_s, losses, sizes, records = 0.0, [], [], []
+    train_s, losses, sizes, rows = 0.0, [], [], []
     kept: list[int] = []  # positions in ``clients`` of the clients aggregated
-    step = (chunk if type(team) is Solo else None) or len(clients)  # see the module docstring
+    step = (fed.chunk if type(team) is Solo else None) or len(clients)  # see the docstring
 
     for lo in range(0, len(clients), step):
         ids, vs = clients[lo : lo + step], views[lo : lo + step]
         mine = team.mine(ids)
         jobs, down = [], []
         for cid, view in ((ids[i], vs[i]) for i in mine):
-            payload = compressor.encode_down(cid, view.extract(weights), view)
+            payload = comp.encode_down(cid, view.extract(weights), view)
             down.append(len(payload))
-            start = to_device(compressor.decode_down(cid, payload, view), device)
-            jobs.append(LocalJob(cid, view.units, start, parts[cid], client_seed(seed, round, cid)))
+            start = to_device(comp.decode_down(cid, payload, view), device)
+            seed = client_seed(fed.seed, round, cid)
+            jobs.append(LocalJob(cid, view.units, start, fed.parts[cid], seed))
 
         t_train = time.perf_counter()
-        results: list[LocalResult] = trainer.train(jobs, on_client_done)
+        results = guard.check(jobs, fed.trainer.train(jobs, on_client_done))
         chunk_train_s = time.perf_counter() - t_train
 
-        updates = [update_of(job, res) for job, res in zip(jobs, results, strict=True)]
         own = [job.client for job in jobs]
-        del jobs  # only the updates are needed from here
-        payloads = encode_up_many(compressor, own, updates, [vs[i] for i in mine], ctx)
+        done = ([r.loss for r in results], [r.num_samples for r in results])
+        seconds = [r.seconds for r in results]
+        send = [i for i, c in enumerate(own) if c not in guard.skipped]
+        updates = {i: update_of(jobs[i], results[i]) for i in send}
+        del jobs, results  # only the updates are needed from here
+        payloads = _upload(comp, own, updates, [vs[i] for i in mine], ctx)
         del updates  # the chunk's uploads are bytes now
-        ups = team.gather(
-            Uploads(
-                own,
-                payloads,
-                [r.loss for r in results],
-                [r.num_samples for r in results],
-                down,
-                [r.seconds for r in results],
-                chunk_train_s,
-            )
-        )
-        del results, payloads
+        ups = team.gather(Uploads(own, payloads, *done, down, seconds, chunk_train_s))
+        del payloads
         train_s += ups.train_s
         losses += ups.losses
         sizes += ups.sizes
         recs = [
-            ClientRecord(cid, d, len(up), n, dict(view.units))
-            for cid, d, up, n, view in zip(
+            ClientRow(
+                round + 1, cid, d, len(up), n, fed.cost.steps(n), fed.cost.flops(v.units, n), 0
+            )
+            for cid, d, up, n, v in zip(
                 ids, ups.bytes_down, ups.payloads, ups.sizes, vs, strict=True
             )
         ]
-        dropped = drop(recs) if drop is not None else set()
+        dropped = fed.clock.late(recs) if fed.clock is not None else set()
         for rec in recs:
             if rec.client in dropped:
-                rec.bytes_up, rec.dropped = 0, True
-        records += recs
-        # every payload is decoded (a compressor may expect each encoded upload to be decoded:
-        # guard.SkipUplink does), the dropped ones are then discarded unused; STACK at a time,
-        # so a team's one big chunk never holds all decoded updates at once
+                rec.bytes_up, rec.dropped = 0, 1
+        rows += recs
+        # every upload is decoded once, in client order (a compressor may count on it); the
+        # dropped ones are then discarded; STACK at a time, so a team's one big chunk never
+        # holds all decoded updates at once
         for a in range(0, len(ids), STACK):
             part = range(a, min(a + STACK, len(ids)))
-            decoded = {i: compressor.decode_up(ids[i], ups.payloads[i], vs[i]) for i in part}
+            decoded = {
+                i: _download(comp, guard, ids[i], ups.payloads[i], vs[i], weights) for i in part
+            }
             keep = [i for i in part if ids[i] not in dropped]
             kept += [lo + i for i in keep]
             received = [to_device(decoded[i], device) for i in keep]
@@ -212,22 +214,49 @@ def run_round(
             mean.add_many([vs[i] for i in keep], received, [sizes[lo + i] for i in keep])
             del received
         del ups
-    server_step = getattr(compressor, "apply_aggregate", None)  # e.g. server momentum
-    if server_step is None:
-        mean.apply_(weights)
-    else:
-        server_step(mean.delta(), weights)
+    fed.server.apply(mean, weights)
 
-    strategy.observe(
-        round, [clients[i] for i in kept], [losses[i] for i in kept], [sizes[i] for i in kept]
+    seen = [i for i in kept if clients[i] not in guard.skipped]
+    fed.strategy.observe(
+        round, [clients[i] for i in seen], [losses[i] for i in seen], [sizes[i] for i in seen]
     )
     return RoundResult(
         clients=clients,
-        bytes_down=sum(r.bytes_down for r in records),
-        bytes_up=sum(r.bytes_up for r in records),
+        bytes_down=sum(r.bytes_down for r in rows),
+        bytes_up=sum(r.bytes_up for r in rows),
         train_loss=float(np.average(losses, weights=sizes)),
-        keep_fraction=float(np.mean([v.num_kept(weights) for v in views])) / full_size,
-        compressor_stats=compressor.end_round(),
+        keep_fraction=float(np.mean([v.num_kept(weights) for v in views])) / fed.full_size,
+        compressor_stats=comp.end_round(),
         train_s=train_s,
-        records=records,
+        rows=rows,
+        skipped=len(guard.skipped),
     )
+
+
+def _upload(
+    comp: Compressor,
+    clients: list[int],
+    updates: dict[int, Params],
+    views: list[View],
+    ctx: RoundContext,
+) -> list[bytes]:
+    """The chunk's encoded uploads: ``updates`` by position in ``clients``; nothing (``b""``)
+    for the others, the clients the guard skipped."""
+    send = sorted(updates)
+    out = [b""] * len(clients)
+    encoded = encode_up_many(
+        comp, [clients[i] for i in send], [updates[i] for i in send], [views[i] for i in send], ctx
+    )
+    for i, payload in zip(send, encoded, strict=True):
+        out[i] = payload
+    return out
+
+
+def _download(
+    comp: Compressor, guard: FiniteGuard, client: int, payload: bytes, view: View, like: Params
+) -> Params:
+    """The update the server aggregates: the decoded upload, or zeros (at weight 0) for a
+    client skipped as non-finite, so the masked mean adds nothing for it."""
+    if client in guard.skipped:
+        return view.extract({k: torch.zeros(w.shape) for k, w in like.items()})
+    return comp.decode_up(client, payload, view)

@@ -1,36 +1,42 @@
-"""Strategies choose sub-models and keep server-side state such as AFD score maps."""
+"""Strategies choose sub-models and keep server-side state such as AFD score maps.
+
+The contract is :class:`~.base.Strategy`; each strategy registers itself with
+``@registry.strategy(name)`` in its own module here (or in another package, by entry point).
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .. import registry
-from ..config import StrategyConfig
-from ..models import FLModel
-from ..state import StateStore
-from .afd import MultiModelAFD, SingleModelAFD
+from ..options import Options
 from .base import Strategy
-from .fd import FederatedDropout
-from .fedavg import FedAvg
 
-NAMES = registry.names("strategy")
+if TYPE_CHECKING:
+    from ..models import FLModel
+    from ..state import StateStore
 
 
-def build(
-    cfg: StrategyConfig, model: FLModel, seed: int, store: StateStore | None = None
+def build(opts: Options, setup: registry.Setup) -> Strategy:
+    """The strategy ``opts.name`` names, built from its options and the run's setup."""
+    return registry.load("strategy", opts.name)(opts, setup)
+
+
+def make(
+    name: str, model: FLModel, seed: int = 0, store: StateStore | None = None, **values: Any
 ) -> Strategy:
-    """The strategy named by ``cfg.name`` (see :mod:`afd_cli.registry`); ``rate == 0`` makes
-    every one of them FedAvg.
+    """A strategy built by hand (tests, benchmarks): ``make("fd", model, rate=0.5)``; keys
+    ``name`` does not read are ignored, as in a config."""
+    import torch
 
-    ``store``: where Multi-Model AFD keeps its per-client score maps (the run's store).
-    """
-    return registry.load("strategy", cfg.name).from_config(cfg, model, seed, store=store)
+    from ..config import options_of
+    from ..state import StateStore
+
+    shapes = {k: tuple(p.shape) for k, p in model.named_parameters()}
+    device = next(model.parameters()).device if shapes else torch.device("cpu")
+    setup = registry.Setup(model, shapes, seed, device, store or StateStore())
+    values = registry.read_values("strategy", name, values)
+    return build(options_of("strategy", name, **values), setup)
 
 
-__all__ = [
-    "NAMES",
-    "FedAvg",
-    "FederatedDropout",
-    "MultiModelAFD",
-    "SingleModelAFD",
-    "Strategy",
-    "build",
-]
+__all__ = ["Strategy", "build", "make"]

@@ -17,72 +17,70 @@ return the full model and keep no maps, i.e. they are FedAvg.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from ..models import FLModel
-from ..scoremap import ScoreMap
-from ..state import StateStore
+from .. import registry
+from ..options import option
+from ..scoremap import SCORE_UPDATES, ScoreMap
 from ..submodel import View
-from .fd import AFD_TAG, generator
+from .base import Strategy
+from .fd import AFD_TAG, DropoutOptions, generator
 
 if TYPE_CHECKING:
-    from ..config import StrategyConfig
+    from ..registry import Setup
 
 NAMESPACE = "afd"  # the multi maps' namespace in the state store
 
 
-class _AFD:
-    name = "afd"
+@dataclass
+class AFDOptions(DropoutOptions):
+    """Bouacida et al.'s score map (:mod:`afd_cli.scoremap` has the rule and the open choices)."""
 
-    def __init__(
-        self,
-        model: FLModel,
-        rate: float,
-        seed: int,
-        *,
-        score_init: float = 0.0,
-        explore: float = 0.0,
-        score_update: str = "relative",
-    ):
-        self.model, self.rate, self.seed = model, rate, seed
-        self._opts = {"score_init": score_init, "explore": explore, "score_update": score_update}
-        self._full = View(model)
+    score_init: float = option(
+        0.0, "initial score (sampling weight) of every unit (0 = paper)", ge=0
+    )
+    explore: float = option(
+        0.2,
+        "share of each redraw taken uniformly (0 = the paper's literal rule, which freezes the "
+        "map after its first improving round)",
+        ge=0,
+        le=1,
+    )
+    score_update: str = option(
+        "relative",
+        "relative: (l_prev - l) / l_prev (paper); absolute: l_prev - l",
+        choices=SCORE_UPDATES,
+    )
 
-    @classmethod
-    def from_config(
-        cls, cfg: StrategyConfig, model: FLModel, seed: int, store: StateStore | None = None
-    ) -> _AFD:
-        """``store``: where Multi-Model AFD keeps its score maps (Single-Model has none)."""
-        opts = {"store": store} if issubclass(cls, MultiModelAFD) else {}
-        return cls(
-            model,
-            cfg.rate,
-            seed,
-            **opts,
-            score_init=cfg.score_init,
-            explore=cfg.explore,
-            score_update=cfg.score_update,
-        )
+
+class _AFD(Strategy):
+    options = AFDOptions
+
+    def __init__(self, opts: AFDOptions, setup: Setup) -> None:
+        super().__init__(opts, setup)
+        self.rate = opts.rate
+        self._opts = {
+            "score_init": opts.score_init,
+            "explore": opts.explore,
+            "score_update": opts.score_update,
+        }
 
     def _new_map(self) -> ScoreMap:
         return ScoreMap(self.model.units, self.rate, **self._opts)
 
 
+@registry.strategy("multi")
 class MultiModelAFD(_AFD):
     """One score map per client, kept in the run's :class:`~afd_cli.state.StateStore`
     (namespace ``afd``, float64) so that it is bounded and checkpointed like the compressors'
     per-client state: a map is read from its slot, used, and written back."""
 
-    name = "multi"
-
-    def __init__(
-        self, model: FLModel, rate: float, seed: int, store: StateStore | None = None, **opts: Any
-    ):
-        super().__init__(model, rate, seed, **opts)
-        self.store = store if store is not None else StateStore()
+    def __init__(self, opts: AFDOptions, setup: Setup) -> None:
+        super().__init__(opts, setup)
         self.store.space(NAMESPACE, self._new_map().flat_size(), torch.float64)
 
     @property
@@ -101,7 +99,7 @@ class MultiModelAFD(_AFD):
 
     def select(self, round: int, clients: list[int]) -> list[View]:
         if self.rate == 0:
-            return [self._full] * len(clients)
+            return [self.full] * len(clients)
         views = []
         for c in clients:
             m = self._map(c)
@@ -153,16 +151,15 @@ class _Maps(Mapping[int, ScoreMap]):
         return len(self._owner.store.clients(NAMESPACE))
 
 
+@registry.strategy("single")
 class SingleModelAFD(_AFD):
-    name = "single"
-
-    def __init__(self, model: FLModel, rate: float, seed: int, **opts: Any):
-        super().__init__(model, rate, seed, **opts)
+    def __init__(self, opts: AFDOptions, setup: Setup) -> None:
+        super().__init__(opts, setup)
         self.map = self._new_map()
 
     def select(self, round: int, clients: list[int]) -> list[View]:
         if self.rate == 0:
-            return [self._full] * len(clients)
+            return [self.full] * len(clients)
         view = View(self.model, self.map.select(generator(self.seed, round, None, AFD_TAG)))
         return [view] * len(clients)
 

@@ -7,18 +7,15 @@ strategy holds no state and a resumed run draws exactly what the uninterrupted r
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ..models import FLModel
+from .. import registry
+from ..options import Options, option
 from ..submodel import View, random_keep
-from .base import Stateless
-
-if TYPE_CHECKING:
-    from ..config import StrategyConfig
-    from ..state import StateStore
+from .base import Strategy
 
 FD_TAG = 0xFD  # keeps these streams apart from the trainer's client_seed streams
 AFD_TAG = 0xAFD
@@ -30,26 +27,25 @@ def generator(seed: int, round: int, client: int | None, tag: int) -> torch.Gene
     return torch.Generator().manual_seed(int(np.random.default_rng(key).integers(2**62)))
 
 
-class FederatedDropout(Stateless):
-    name = "fd"
+@dataclass
+class DropoutOptions(Options):
+    rate: float = option(
+        0.25,
+        "fraction of units dropped per droppable layer (0.25 as in the papers; 0 = FedAvg)",
+        ge=0,
+        lt=1,
+    )
 
-    def __init__(self, model: FLModel, rate: float, seed: int):
-        self.model, self.rate, self.seed = model, rate, seed
-        self._full = View(model)
 
-    @classmethod
-    def from_config(
-        cls, cfg: StrategyConfig, model: FLModel, seed: int, store: StateStore | None = None
-    ) -> FederatedDropout:
-        return cls(model, cfg.rate, seed)
+@registry.strategy("fd")
+class FederatedDropout(Strategy):
+    options = DropoutOptions
 
     def select(self, round: int, clients: list[int]) -> list[View]:
-        if self.rate == 0:
-            return [self._full] * len(clients)
+        rate = self.opts.rate
+        if rate == 0:
+            return [self.full] * len(clients)
         return [
-            View(
-                self.model,
-                random_keep(self.model, self.rate, generator(self.seed, round, c, FD_TAG)),
-            )
+            View(self.model, random_keep(self.model, rate, generator(self.seed, round, c, FD_TAG)))
             for c in clients
         ]

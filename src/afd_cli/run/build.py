@@ -1,0 +1,236 @@
+"""Build a run from a validated config: data, partition, model, plug-ins, trainer, clock.
+
+Everything is seeded from ``seed``; the dataset split is fixed (seed 0) so runs with different
+seeds share one test set. :class:`Simulation` holds the parts (the benchmark builds one too);
+:class:`~afd_cli.federated.round.Federation` is what each round runs with.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import compression, data, models, network, registry, strategies
+from ..config import ConfigError, RootConfig
+from ..federated import distributed, server, team
+from ..federated.client import Evaluator, LocalSGD, SequentialTrainer, Trainer
+from ..federated.guard import SKIP, Diverged, FiniteGuard, all_finite
+from ..federated.round import CHUNK, Federation, RoundResult, run_round
+from ..flops import TrainingCost
+from ..state import StateStore
+from .rundir import STATE_DIR
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device='cuda' but no CUDA GPU is visible; choose one of: auto, cpu")
+    return torch.device(name)
+
+
+def cpu_has_bf16() -> bool | None:
+    """Whether this CPU has bfloat16 arithmetic (AMX or AVX512-BF16; Linux flags); None when
+    it cannot tell (no ``/proc/cpuinfo``)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return None
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``precision=auto``: bf16 where the hardware computes it natively (a CUDA GPU with bf16,
+    a CPU with AMX or AVX512-BF16), fp32 elsewhere, because emulated bf16 is several times
+    slower than fp32. Resolved once per run and stored resolved (checkpoint, summary.json),
+    so a resume on a machine that would resolve otherwise is refused, not silently mixed."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_bf16() else "fp32"
+
+
+def cpu_workers(cfg: RootConfig) -> int:
+    """Clients trained side by side on CPU: one per thread torch may use (``threads``)."""
+    return cfg.threads or torch.get_num_threads()
+
+
+def trainer_kind(cfg: RootConfig, device: torch.device) -> str:
+    """``trainer=auto``: batched on CUDA, sequential on CPU (where batching measured slower)."""
+    if cfg.trainer.name != "auto":
+        return cfg.trainer.name
+    return "batched" if device.type == "cuda" else "sequential"
+
+
+def make_trainer(cfg: RootConfig, model: models.FLModel, train: data.Samples, device) -> Trainer:
+    """The trainer behind ``trainer=``; both take the same jobs and give the same numbers."""
+    s = cfg.schedule
+    sgd = LocalSGD(s.local_epochs, s.batch_size, s.lr, s.momentum, s.weight_decay, cfg.precision)
+    if trainer_kind(cfg, device) == "batched":
+        from ..federated.batched import BatchedTrainer
+
+        return BatchedTrainer(model, train, sgd, device=device, chunk=cfg.trainer.chunk)
+    return SequentialTrainer(model, train, sgd, device=device, workers=cpu_workers(cfg))
+
+
+def load_data(cfg: RootConfig) -> data.FederatedDataset:
+    """The configured dataset, split with seed 0 (every run seed shares one test set)."""
+    return data.load(cfg.dataset.name, Path(cfg.data_dir).expanduser(), cfg.dataset, seed=0)
+
+
+def make_partition(cfg: RootConfig, ds: data.FederatedDataset) -> list[np.ndarray]:
+    p, s = cfg.partition, cfg.schedule
+    plugin = registry.get("partition", p.name)
+    labels = ds.train.labels.cpu().numpy()
+    try:
+        if getattr(plugin.obj, "needs_groups", False) and ds.groups is None:
+            raise ValueError("it needs per-sample groups, which this dataset does not have")
+        parts = plugin.obj(labels, s.num_clients, cfg.seed, p, ds.groups)
+    except ValueError as e:
+        raise ConfigError(f"partition={p.name}: {e}") from None
+    if len(parts) < s.clients_per_round:
+        raise ConfigError(
+            f"schedule.clients_per_round={s.clients_per_round} is more than the "
+            f"{len(parts)} clients partition={p.name} produced; lower it or partition.min_samples"
+        )
+    return parts
+
+
+def new_model(cfg: RootConfig, ds: data.FederatedDataset, device: torch.device) -> models.FLModel:
+    factory = registry.load("model", cfg.model.name)
+    return factory(ds.input_shape, ds.num_classes, cfg.model).to(device)
+
+
+def divergence_hint(cfg: RootConfig) -> str:
+    """The likely cause and what to try, for :class:`Diverged` messages."""
+    hint = f"the learning rate may be too high (schedule.lr={cfg.schedule.lr:g}); lower it"
+    if cfg.on_nonfinite != SKIP:
+        hint += " or drop such clients with on_nonfinite=skip_client"
+    return hint
+
+
+def majority_share(labels: torch.Tensor) -> float:
+    """Accuracy of always predicting the most common test label (the trivial baseline)."""
+    return float(torch.bincount(labels.cpu()).max()) / len(labels)
+
+
+@dataclass
+class Simulation:
+    """Everything a run is made of, built from a config (shared by ``run`` and the benchmark)."""
+
+    cfg: RootConfig  # with precision=auto resolved for this machine
+    device: torch.device
+    ds: data.FederatedDataset
+    parts: list[np.ndarray]
+    model: models.FLModel
+    fed: Federation  # what every round runs with
+    store: StateStore
+    test: data.Samples  # on the device
+    evaluate: Evaluator | team.SplitEvaluator  # (weights) -> (test loss, test accuracy)
+    clock: network.Clock | None  # None: network=none
+
+    @property
+    def weights(self) -> dict[str, torch.Tensor]:
+        return self.fed.weights
+
+    @property
+    def strategy(self) -> strategies.Strategy:
+        return self.fed.strategy
+
+    @property
+    def compressor(self) -> compression.Compressor:
+        return self.fed.compressor
+
+    @property
+    def train(self) -> data.Samples:
+        return self.fed.trainer.data  # type: ignore[attr-defined]
+
+    @property
+    def part_tensors(self) -> list[torch.Tensor]:
+        return self.fed.parts
+
+    def new_model(self) -> models.FLModel:
+        """A freshly initialised full model of the configured family (same device)."""
+        return new_model(self.cfg, self.ds, self.device)
+
+    def round(self, t: int, on_client_done=None) -> RoundResult:
+        """Round ``t`` (0-based); raises :class:`Diverged` on a non-finite result."""
+        r = run_round(self.fed, t, on_client_done)
+        if not bool(all_finite(list(self.weights.values()))):
+            raise Diverged(
+                t + 1,
+                None,
+                "the global model has non-finite weights after aggregation",
+                divergence_hint(self.cfg),
+            )
+        return r
+
+
+def build(
+    cfg: RootConfig, ds: data.FederatedDataset | None = None, run_dir: Path | None = None
+) -> Simulation:
+    """Load data, partition, and build model, strategy, compressor and trainer (seeded).
+
+    Per-client state goes to one :class:`StateStore` with the ``state.*`` budget and dtype,
+    spilling to ``run_dir/state`` (a temporary directory without ``run_dir``, and under
+    torchrun, where each process spills to a private one).
+    """
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    cfg = replace(cfg, precision=resolve_precision(cfg.precision, device))
+    if cfg.precision == "bf16" and device.type == "cpu" and cpu_has_bf16() is False:
+        print(
+            "note: precision=bf16 on a CPU without AMX or AVX512-BF16 emulates bfloat16 and "
+            "runs several times slower than fp32 (8x measured on one such CPU)",
+            file=sys.stderr,
+        )
+    ds = ds if ds is not None else load_data(cfg)
+    parts = make_partition(cfg, ds)
+    torch.manual_seed(cfg.seed)
+    model = new_model(cfg, ds, device)
+    shapes = {k: tuple(p.shape) for k, p in model.named_parameters()}
+    spill = run_dir / STATE_DIR if run_dir is not None and distributed.world() is None else None
+    store = StateStore(cfg.state.memory_mb, spill, cfg.state.dtype)
+    setup = registry.Setup(model, shapes, cfg.seed, device, store)
+    strategy = strategies.build(cfg.strategy, setup)
+    compressor = compression.build(cfg.compression, setup)
+    guard = FiniteGuard(cfg.on_nonfinite, divergence_hint(cfg))
+    trainer = make_trainer(cfg, model, ds.train.to(device), device)
+    s = cfg.schedule
+    example = trainer.data.batch(torch.zeros(1, dtype=torch.long, device=device))[0]  # type: ignore[attr-defined]
+    clock = network.Clock.of(cfg.network, cfg.seed)
+    fed = Federation(
+        weights={k: p.data for k, p in model.named_parameters()},
+        parts=[torch.as_tensor(p, dtype=torch.long, device=device) for p in parts],
+        per_round=s.clients_per_round,
+        seed=cfg.seed,
+        strategy=strategy,
+        compressor=compressor,
+        trainer=trainer,
+        guard=guard,
+        server=server.build(cfg.compression.server_momentum, cfg.compression.server_lr),
+        cost=TrainingCost(model, example, s.local_epochs, s.batch_size),
+        full_size=models.num_params(model),
+        clock=clock if clock is not None and clock.deadline_s else None,
+        team=team.team(guard, compressor, device),
+        # clients in flight at once: bounded on the host (memory grows ~4 model copies per
+        # client); on a GPU the whole round, so the batched trainer sees it as wide as it is
+        chunk=None if device.type == "cuda" else CHUNK,
+    )
+    test = ds.test.to(device)
+    evaluate = team.evaluator(
+        Evaluator(
+            model,
+            test,
+            s.eval_batch_size,
+            cfg.precision,
+            workers=cpu_workers(cfg),
+        )
+    )
+    return Simulation(cfg, device, ds, parts, model, fed, store, test, evaluate, clock)
