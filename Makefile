@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DATASETS ?= mnist digits
 
-.PHONY: setup data test lint format run benchmark gpu-check clean
+.PHONY: setup data test lint format docs run benchmark gpu-check clean
 
 setup: $(STAMP) data
 	@echo "afd is installed in $(BIN)/; to type plain 'afd' in this shell:  . $(BIN)/activate"
@@ -32,6 +32,10 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix src tests
 	$(BIN)/ruff format src tests
 
+# The documentation site (mkdocs.yml, docs/) into site/; --strict fails on any warning.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict -d site
+
 # The main job: FedAvg vs Single-Model AFD on MNIST (non-IID), a few minutes on 2 cores.
 run: setup
 	$(BIN)/afd run strategy=single
@@ -48,4 +52,4 @@ gpu-check: $(STAMP)
 	$(BIN)/python -m afd_cli.bench --only d --repeats 2
 
 clean:
-	rm -rf outputs/runs outputs/sweeps outputs/benchmarks .pytest_cache
+	rm -rf outputs/runs outputs/sweeps outputs/benchmarks .pytest_cache site
