@@ -6,6 +6,7 @@ import torch
 from afd_cli import models, submodel
 from afd_cli.federated import aggregate
 from afd_cli.federated.aggregate import MaskedMean
+from afd_cli.models.cnn import CNN
 
 
 def _mlp():
@@ -61,7 +62,7 @@ def test_mixing_full_and_partial_updates():
 
 SMALL_ZOO = {
     "mlp": lambda: models.build("mlp", (1, 6, 6), 5, hidden=12),
-    "cnn": lambda: models.CNN((1, 12, 12), 5, {"conv1": 4, "conv2": 6, "fc1": 16}),
+    "cnn": lambda: CNN((1, 12, 12), 5, {"conv1": 4, "conv2": 6, "fc1": 16}),
     "char_lstm": lambda: models.build("char_lstm", (7,), 11, lstm_hidden=6, lstm_layers=2),
 }
 

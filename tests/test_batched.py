@@ -10,11 +10,14 @@ from dataclasses import replace
 import pytest
 import torch
 
-from afd_cli import models, submodel
+from afd_cli import submodel
 from afd_cli.data.samples import TensorSamples, WindowSamples
 from afd_cli.federated import batched
 from afd_cli.federated.batched import BatchedTrainer, chunk_from_memory
 from afd_cli.federated.client import LocalJob, LocalSGD, SequentialTrainer
+from afd_cli.models.char_lstm import CharLSTM
+from afd_cli.models.cnn import CNN
+from afd_cli.models.mlp import MLP
 
 SIZES = (3, 17, 25, 40)
 SGD = LocalSGD(epochs=2, batch_size=10, lr=0.05, momentum=0.9, weight_decay=1e-3)
@@ -74,11 +77,11 @@ def _assert_same(model, data, jobs, chunk, **opts):
 
 
 def _cnn():
-    return models.CNN((1, 8, 8), 10, {"conv1": 4, "conv2": 6, "fc1": 16})
+    return CNN((1, 8, 8), 10, {"conv1": 4, "conv2": 6, "fc1": 16})
 
 
 def _mlp():
-    return models.MLP((1, 8, 8), 10, {"fc1": 12, "fc2": 8})
+    return MLP((1, 8, 8), 10, {"fc1": 12, "fc2": 8})
 
 
 @pytest.mark.parametrize("make", [_mlp, _cnn], ids=["mlp", "cnn"])
@@ -107,7 +110,7 @@ def test_sub_models_of_one_rate_and_the_full_model_in_one_round(make):
 
 
 def test_char_lstm_batched_equals_sequential():
-    model, data = models.CharLSTM(20, {"lstm1": 6, "lstm2": 5}, embed_dim=4), _text()
+    model, data = CharLSTM(20, {"lstm1": 6, "lstm2": 5}, embed_dim=4), _text()
     trainer = BatchedTrainer(model, data, SGD, device=CPU, chunk=3)
     assert trainer.batched  # a functional LSTM, not the sequential fallback
     jobs = _jobs(model, data, rates=[0.5, 0.5, None, 0.5])
@@ -115,7 +118,7 @@ def test_char_lstm_batched_equals_sequential():
 
 
 def test_other_recurrent_models_fall_back_to_sequential_with_one_note(capsys):
-    class OtherLSTM(models.CharLSTM):  # not CharLSTM's forward, so no functional LSTM for it
+    class OtherLSTM(CharLSTM):  # not CharLSTM's forward, so no functional LSTM for it
         def with_units(self, units):
             return OtherLSTM(self.vocab, units, self.embed_dim)
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers import AFD, SMALL
 
-from afd_cli import cli, compose, models
+from afd_cli import compose, models
 from afd_cli.compression import encode_params
 from afd_cli.config import ConfigError
 from afd_cli.metrics import COLUMNS, TIMING_COLUMNS

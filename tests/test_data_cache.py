@@ -13,7 +13,7 @@ import pytest
 import torch
 from helpers import AFD
 
-from afd_cli import cli, compose, data
+from afd_cli import compose, data
 from afd_cli.config import ConfigError
 
 RUN = [

@@ -120,7 +120,7 @@ def test_data_missing_message(tmp_path: Path) -> None:
         f"fetch it with: afd data fetch mnist --data-dir {tmp_path}"
     )
     assert "\n" not in msg
-    with pytest.raises(ValueError, match="unknown dataset"):
+    with pytest.raises(ValueError, match="dataset='cifar' is not valid; choose one of"):
         load("cifar", tmp_path)
 
 

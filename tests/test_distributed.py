@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 
 from afd_cli import compose
 from afd_cli.config import ConfigError, validate
-from afd_cli.federated import distributed
+from afd_cli.federated import distributed, team
 from afd_cli.metrics import COLUMNS, TIMING_COLUMNS, intact_rows
 from afd_cli.run import build as building
 from afd_cli.run import checkpoint as ckpts
@@ -265,13 +265,13 @@ def test_checkpoint_state_merges_per_client_sections_and_splits_them_back():
         {"round": 3, "names": ["w"], "up": {0: {"v": t}, 2: {"v": t}}, "down": {}},
         {"round": 3, "names": ["w"], "up": {1: {"v": t}}, "down": {3: {"w": t}}},
     ]
-    merged = distributed.merge_states(ranks)
+    merged = team.merge_states(ranks)
     assert list(merged["up"]) == [0, 1, 2] and list(merged["down"]) == [3]
     assert merged["round"] == 3 and merged["names"] == ["w"]
-    assert distributed.own_share(merged, 1, 2)["up"].keys() == {1}
-    assert distributed.own_share(merged, 0, 3)["up"].keys() == {0}
+    assert team.own_share(merged, 1, 2)["up"].keys() == {1}
+    assert team.own_share(merged, 0, 3)["up"].keys() == {0}
     with pytest.raises(RuntimeError, match="client 0 is in two processes"):
-        distributed.merge_states([ranks[0], ranks[0]])
+        team.merge_states([ranks[0], ranks[0]])
 
 
 @pytest.mark.parametrize("value", ["0", "-3", "soon", "nan"])

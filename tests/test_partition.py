@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from afd_cli.data import partition, partition_table
+from afd_cli.data.partitions.dirichlet import DirichletOptions, dirichlet
 
 
 def _labels(n_per_class: int = 100, classes: int = 10, seed: int = 0) -> np.ndarray:
@@ -60,10 +61,10 @@ def test_dirichlet_skew_decreases_with_alpha() -> None:
 
 def test_dirichlet_min_client_size_and_error() -> None:
     labels = _labels()
-    parts = partition("dirichlet", labels, 10, seed=0, alpha=0.1, min_client_size=20)
+    parts = dirichlet(labels, 10, 0, DirichletOptions("dirichlet", 0.1), None, min_client_size=20)
     assert min(len(p) for p in parts) >= 20
     with pytest.raises(ValueError, match="dirichlet"):
-        partition("dirichlet", labels, 10, seed=0, alpha=0.01, min_client_size=99)
+        dirichlet(labels, 10, 0, DirichletOptions("dirichlet", 0.01), None, min_client_size=99)
 
 
 def test_shards_limit_labels_per_client() -> None:

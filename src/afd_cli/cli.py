@@ -287,6 +287,15 @@ def config_show(overrides: list[str] = typer.Argument(None, help="Hydra override
     typer.echo(OmegaConf.to_yaml(OmegaConf.create(as_dict(cfg))))
 
 
+@config_app.command("reference")
+def config_reference() -> None:
+    """Print the configuration reference (Markdown): every key, its type, default and range,
+    generated from the schema (the docs' reference page)."""
+    from .reference import markdown
+
+    typer.echo(markdown(), nl=False)
+
+
 @config_app.command("plugins")
 def config_plugins() -> None:
     """List every plug-in (built in or from an installed package), the keys it reads and

@@ -138,14 +138,15 @@ class RootConfig:
         choices=("auto", "fp32", "bf16"),
     )
     threads: int | None = option(None, "torch CPU threads; null = all cores", **_POSITIVE)
-    data_dir: str = "~/.cache/afd-cli"  # conf/config.yaml reads $AFD_DATA_DIR first
+    data_dir: str = option(
+        "~/.cache/afd-cli", "dataset cache; conf/config.yaml reads $AFD_DATA_DIR"
+    )
     progress: str = option(
         "auto",
         "rich on a terminal, plain lines otherwise",
         choices=("auto", "rich", "plain", "none"),
     )
-    # afd resume continues from the checkpoint; afd run refuses a dir that holds a run
-    resume: bool = True
+    resume: bool = option(True, "continue from the run directory's checkpoint (afd resume sets it)")
     checkpoint_every: int = option(1, "rounds between checkpoints", **_POSITIVE)
     on_nonfinite: str = option(
         "stop",

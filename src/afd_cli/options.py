@@ -159,7 +159,7 @@ def check(obj: Any, prefix: str) -> None:
         value = getattr(obj, f.name)
         if is_dataclass(value):
             check(value, f"{prefix}{f.name}.")
-        elif f.name != "name":
+        elif f.name != "name" or f.metadata.get("rule") is not None:  # a plug-in's: registry
             check_value(f"{prefix}{f.name}", value, f, type(obj))
     own = getattr(obj, "check", None)
     if callable(own):

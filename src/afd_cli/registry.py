@@ -80,6 +80,7 @@ class Plugin:
     options: type[Options]
     input: str = "image"  # models and datasets: image | text (a model must fit its dataset)
     origin: str = BUILTIN  # the distribution that registered it
+    module: str = ""  # where it is defined
 
     @property
     def reads(self) -> tuple[str, ...]:
@@ -104,10 +105,17 @@ _origin: list[str] = [BUILTIN]  # the distribution whose plug-ins are being impo
 _loaded: set[str] = set()
 
 
-def register(group: str, *names: str, options: type | None = None, input: str = "image"):
+def register(
+    group: str,
+    *names: str,
+    options: type | None = None,
+    input: str = "image",
+    module: str | None = None,
+):
     """Decorator (or call on an object) registering ``obj`` as ``group=<name>`` for each name.
 
-    ``options`` defaults to the object's ``options`` attribute (:class:`NoOptions` without).
+    ``options`` defaults to the object's ``options`` attribute (:class:`NoOptions` without);
+    ``module``, where it is defined, to the object's ``__module__``.
     """
     if group not in FAMILIES:
         raise ValueError(f"unknown plug-in family {group!r}; one of: {', '.join(GROUPS)}")
@@ -122,7 +130,8 @@ def register(group: str, *names: str, options: type | None = None, input: str = 
                 raise ValueError(
                     f"{group}={name} is registered twice: by {old.origin} and by {_origin[-1]}"
                 )
-            _table[group][name] = Plugin(group, name, obj, opts, input, _origin[-1])
+            where = module or getattr(obj, "__module__", "")
+            _table[group][name] = Plugin(group, name, obj, opts, input, _origin[-1], where)
         return obj
 
     return add
@@ -146,7 +155,8 @@ def partition(*names: str, options: type | None = None) -> Callable[[Any], Any]:
 
 def dataset(spec: Any) -> Any:
     """Register a :class:`~afd_cli.data.spec.DatasetSpec` (``dataset=<spec.name>``)."""
-    register("dataset", spec.name, options=spec.options, input=spec.input)(spec)
+    module = sys._getframe(1).f_globals.get("__name__", "")  # the dataset's own module
+    register("dataset", spec.name, options=spec.options, input=spec.input, module=module)(spec)
     return spec
 
 

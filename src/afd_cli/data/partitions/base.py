@@ -37,7 +37,7 @@ def partition(
     if num_clients < 1:
         raise ValueError(f"num_clients must be >= 1, got {num_clients}")
     plugin = registry.get("partition", name)
-    opts = plugin.options(name=name, **{k: v for k, v in values.items() if k in plugin.reads})
+    opts = plugin.options(name=name, **registry.read_values("partition", name, values))
     if getattr(plugin.obj, "needs_groups", False):
         if groups is None:
             raise ValueError(
