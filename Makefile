@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DATASETS ?= mnist digits
 
-.PHONY: setup data test lint format run benchmark gpu-check clean
+.PHONY: setup data test test-fast lint format run benchmark gpu-check clean
 
 setup: $(STAMP) data
 	@echo "afd is installed in $(BIN)/; to type plain 'afd' in this shell:  . $(BIN)/activate"
@@ -20,9 +20,17 @@ $(STAMP): pyproject.toml
 data: $(STAMP)
 	for d in $(DATASETS); do $(BIN)/afd data fetch $$d || exit 1; done
 
+# The whole suite (what CI runs; 7-15 min on 2 cores). Markers (pyproject.toml, applied in
+# tests/conftest.py) pick subsets: slow, cuda, distributed, data, network.
 test: $(STAMP)
 	$(BIN)/afd data fetch digits >/dev/null
 	$(BIN)/python -m pytest
+
+# Daily work: everything but the slow, torchrun and GPU tests (a few minutes on 2 cores);
+# `make test` before pushing. One file or test: $(BIN)/python -m pytest tests/test_x.py -k name
+test-fast: $(STAMP)
+	$(BIN)/afd data fetch digits >/dev/null
+	$(BIN)/python -m pytest -m "not slow and not distributed and not cuda"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
@@ -40,11 +48,12 @@ benchmark: $(STAMP)
 	$(BIN)/afd data fetch mnist >/dev/null
 	$(BIN)/python -m afd_cli.bench
 
-# On a machine with a CUDA GPU: the CUDA tests (they skip elsewhere) and the GPU benchmark (d).
+# On a machine with a CUDA GPU: every CUDA test, in every file (marker `cuda`; they skip
+# elsewhere), and the GPU benchmark (d).
 gpu-check: $(STAMP)
 	$(BIN)/afd data fetch digits >/dev/null
 	$(BIN)/afd data fetch mnist >/dev/null
-	$(BIN)/python -m pytest -q -rs -k cuda tests/test_pipeline.py
+	$(BIN)/python -m pytest -q -rs -m cuda
 	$(BIN)/python -m afd_cli.bench --only d --repeats 2
 
 clean:
