@@ -161,4 +161,4 @@ def test_sparse_size_near_entropy_bound(k: int) -> None:
     bound = codec.entropy_bound_bits(n, k) + 32 * k
     ratio = len(payload) * 8 / bound
     print(f"n={n} k={k}: {len(payload)} B, {ratio:.4f}x entropy bound")
-    assert ratio <= 1.15
+    assert 1 <= ratio <= {1660: 1.01, 400_000: 1.005}[k]  # measured 1.0039, 1.0015

@@ -224,7 +224,7 @@ def test_cnn_mnist_dgc_upload_vs_dense() -> None:
         f"\ndense {dense_bytes} B, dgc {len(payload)} B (1/{dense_bytes / len(payload):.0f}), "
         f"sparsity {dgc.end_round()['sparsity']:.5f}, position bound {bound / 8:.0f} B"
     )
-    assert len(payload) * 200 <= dense_bytes
+    assert len(payload) * 445 <= dense_bytes  # README: 1/451; measured 14,757 B, 1/450.9
 
 
 class Client:

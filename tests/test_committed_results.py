@@ -1,0 +1,51 @@
+"""The committed results re-make their committed table.
+
+README "The paper setting, measured: 3 seeds" says that
+
+    afd report docs/results/runs/paper_* --network cellular_3g,lte,wifi -o outputs/reports/paper
+
+re-makes ``docs/results/time_by_network_s012.md`` from the raw runs committed under
+``docs/results/runs/``, without retraining. This runs that command (into tmp_path) and compares
+the table it writes with the committed one, byte for byte, so a change to the report, the
+clock or the run files that would change the published numbers fails here.
+"""
+
+from __future__ import annotations
+
+import difflib
+import subprocess
+from pathlib import Path
+
+import pytest
+from helpers import AFD
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "results"
+README = ROOT / "README.md"
+COMMAND = "afd report docs/results/runs/paper_* --network cellular_3g,lte,wifi -o "
+
+
+def test_the_readme_names_the_command_this_test_runs():
+    assert COMMAND in README.read_text()
+    assert "docs/results/time_by_network_s012.md" in README.read_text()
+
+
+@pytest.mark.slow
+def test_paper_runs_remake_the_committed_time_by_network_table(tmp_path):
+    runs = sorted(RESULTS.glob("runs/paper_*"))  # the shell's glob, in its (sorted) order
+    assert len(runs) == 57  # the README's "57 runs"
+    out = tmp_path / "paper"
+    p = subprocess.run(
+        [*AFD, "report", *map(str, runs), "--network", "cellular_3g,lte,wifi", "-o", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    made = (out / "time_by_network.md").read_text()
+    committed = (RESULTS / "time_by_network_s012.md").read_text()
+    diff = difflib.unified_diff(
+        committed.splitlines(), made.splitlines(), "committed", "re-made", lineterm=""
+    )
+    assert made == committed, "\n".join(diff)  # byte for byte (measured: identical)
