@@ -54,7 +54,7 @@ docs: $(STAMP)
 # minutes on 2 cores. Run again, it continues the finished runs and reports at once.
 RUN_DIR ?= outputs/main
 run: setup
-	$(BIN)/afd run -m strategy=fedavg,single hydra.sweep.dir=$(RUN_DIR)
+	$(BIN)/afd run -m strategy=fedavg,single progress=plain hydra.sweep.dir=$(RUN_DIR)
 	$(BIN)/afd report $(RUN_DIR)
 
 benchmark: $(STAMP)

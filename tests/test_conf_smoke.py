@@ -74,14 +74,26 @@ def _fit(group: str, name: str) -> list[str]:
     return out + (TEXT if text else [])
 
 
-@pytest.mark.parametrize("option", _options(), ids=lambda o: f"{o[0]}={o[1]}")
+def _params() -> list:
+    """Options whose run needs a dataset ``make test`` does not fetch are marked ``data``."""
+    out = []
+    for group, name in _options():
+        fit = dict(o.split("=", 1) for o in _fit(group, name))
+        dataset = name if group == "dataset" else fit.get("dataset", "")
+        marks = [pytest.mark.data] if dataset != "digits" else []
+        marks += [pytest.mark.slow] if group == "experiment" else []  # a paper's full setting
+        out.append(pytest.param((group, name), marks=marks, id=f"{group}={name}"))
+    return out
+
+
+@pytest.mark.parametrize("option", _params())
 def test_option_composes_and_runs_one_round(option: tuple[str, str], tmp_path: Path) -> None:
     group, name = option
     overrides = [*_fit(group, name), f"{group}={name}", *TINY]
     cfg = validate(compose.compose(overrides))
     if not data.is_fetched(cfg.dataset.name, default_data_dir()):
         pytest.skip(f"needs dataset {cfg.dataset.name} (afd data fetch {cfg.dataset.name})")
-    if group != "experiment":
+    if hasattr(getattr(cfg, group, None), "name"):
         assert getattr(cfg, group).name == name
     summary = run(cfg, tmp_path)
     rows = pd.read_csv(tmp_path / "metrics.csv")

@@ -15,6 +15,7 @@ import pytest
 from helpers import AFD, SMALL
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "plugin"
+pytestmark = pytest.mark.slow  # a pip install, then runs in subprocesses
 
 
 @pytest.fixture(scope="module")

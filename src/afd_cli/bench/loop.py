@@ -84,6 +84,7 @@ def afd_vs_researcher(repeats: int, device: str = "cpu", ds=None) -> dict[str, A
     fp32, so the ratio with defaults and the fp32 one come from the same process."""
     from ..run.build import build, resolve_device, resolve_precision
     from ..run.loop import run
+    from ..run.rundir import METRICS
 
     cfg = _config(device=device)
     cfg.schedule.rounds = repeats + 1  # the first round of each side is a warm-up
@@ -94,7 +95,7 @@ def afd_vs_researcher(repeats: int, device: str = "cpu", ds=None) -> dict[str, A
         cfg.precision = precision
         with tempfile.TemporaryDirectory() as tmp:
             summaries[precision] = run(cfg, Path(tmp))
-            rows_by[precision] = pd.read_csv(Path(tmp) / "metrics.csv")
+            rows_by[precision] = pd.read_csv(Path(tmp) / METRICS)
     bare_s, bare_eval_s, bare_acc = researcher_loop(build(cfg, ds), cfg.schedule.rounds)
     bare_s, bare_eval_s = bare_s[1:], bare_eval_s[1:]
     bare_med = statistics.median(bare_s)

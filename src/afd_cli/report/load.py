@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ..registry import GROUPS, unread
+from ..run.rundir import HYDRA, METRICS, STATUS, SUMMARY
 from .common import CORE_KEYS, IGNORED_KEYS, REQUIRED_COLUMNS, ReportError, Run
 
 
@@ -29,11 +30,11 @@ def find_metrics(paths: Sequence[Path]) -> list[Path]:
         if not p.exists():
             raise ReportError(f"{p} does not exist")
         if p.is_file():
-            if p.name != "metrics.csv":
+            if p.name != METRICS:
                 raise ReportError(f"{p} is not a metrics.csv or a directory of runs")
             found[p.resolve()] = None
             continue
-        for f in sorted(p.rglob("metrics.csv")):
+        for f in sorted(p.rglob(METRICS)):
             found[f.resolve()] = None
     return list(found)
 
@@ -73,7 +74,7 @@ def unread_keys(flat: dict[str, Any]) -> set[str]:
 
 def read_config(run_dir: Path) -> dict[str, Any] | None:
     """The run's config (flattened), from summary.json or .hydra/config.yaml; None if neither."""
-    summary = run_dir / "summary.json"
+    summary = run_dir / SUMMARY
     if summary.exists():
         try:
             cfg = json.loads(summary.read_text()).get("config")
@@ -81,7 +82,7 @@ def read_config(run_dir: Path) -> dict[str, Any] | None:
                 return _normalise_config(_flatten(cfg))
         except (OSError, ValueError):
             pass
-    hydra_cfg = run_dir / ".hydra" / "config.yaml"
+    hydra_cfg = run_dir / HYDRA / "config.yaml"
     if hydra_cfg.exists():
         import yaml
 
@@ -154,7 +155,7 @@ def nonfinite_round(df: pd.DataFrame) -> int | None:
 def read_status(run_dir: Path) -> dict[str, Any]:
     """The run's status.json (``{}`` when missing or unreadable)."""
     try:
-        status = json.loads((run_dir / "status.json").read_text())
+        status = json.loads((run_dir / STATUS).read_text())
     except (OSError, ValueError):
         return {}
     return status if isinstance(status, dict) else {}
@@ -234,7 +235,7 @@ def load_runs(
         cfg = {k: v for k, v in cfg.items() if k not in unused}
         cfg.pop("seed", None)
         df = df.assign(seed=cfg_seed if cfg_seed is not None else str(run_dir.name))
-        finished = (run_dir / "summary.json").exists()
+        finished = (run_dir / SUMMARY).exists()
         bad_round = nonfinite_round(df)
         diverged = status.get("status") == "diverged" or bad_round is not None
         if status.get("status") == "diverged":

@@ -19,9 +19,8 @@ import pandas as pd
 
 from .. import network
 from ..metrics import CLIENT_COLUMNS
+from ..run.rundir import CLIENTS
 from .common import ReportError, Run
-
-CLIENTS = "clients.csv"
 
 
 def read_clients(path: Path) -> pd.DataFrame:
