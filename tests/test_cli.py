@@ -190,19 +190,25 @@ def _leaves(node, prefix=""):
 def test_config_files_set_only_what_differs_from_the_schema(path):
     """Defaults live once, in the schema: a group option (conf/<group>/<option>.yaml) that
     restated one could drift from it (strategy.explore was 0.2 in yaml and 0.0 in the
-    dataclass). Experiments are exempt: they spell a paper's setting out on purpose."""
+    dataclass). A plug-in's yaml is compared with its own options' defaults. Experiments are
+    exempt: they spell a paper's setting out on purpose."""
     from dataclasses import asdict
 
     import yaml
 
-    from afd_cli.config import RootConfig
+    from afd_cli import registry
+    from afd_cli.config import RootConfig, options_of
 
     text = path.read_text()
     node = yaml.safe_load(text) or {}
     if "@package _global_" not in text:
         node = {path.parent.name: node}
+    defaults = asdict(RootConfig())
+    for group in registry.GROUPS:  # each plug-in group at the option the file picks
+        name = (node.get(group) or {}).get("name", defaults[group]["name"])
+        defaults[group] = asdict(options_of(group, name))
     schema = {}
-    for k, v in asdict(RootConfig()).items():
+    for k, v in defaults.items():
         schema.update(_leaves({k: v}) if isinstance(v, dict) else {k: v})
     restated = [
         k for k, v in _leaves(node).items() if not k.endswith(".name") and schema.get(k) == v

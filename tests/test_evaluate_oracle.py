@@ -17,7 +17,7 @@ import torch
 
 from afd_cli.data.samples import TensorSamples
 from afd_cli.federated.client import Evaluator
-from afd_cli.models import MLP
+from afd_cli.models.mlp import MLP
 
 D = 3  # inputs = hidden units = classes
 
