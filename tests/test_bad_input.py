@@ -21,6 +21,7 @@ from helpers import AFD
 # cases that must get past the dataset check (the default cache's mnist) to reach their error
 NEEDS_DATA = {"run-dir-under-file", "run-dir-bad-interpolation"}
 RUN = "<run>"  # placeholder: an `afd run` case gets hydra.run.dir=<cwd>/run appended
+DIGITS = ["dataset=digits", "model=mlp"]  # bundled with scikit-learn: past the dataset check
 
 # (case id, argv after `afd`, expected message fragment). Every case expects exit code 2.
 CASES: list[tuple[str, list[str], str]] = [
@@ -200,6 +201,41 @@ CASES: list[tuple[str, list[str], str]] = [
     ("sweep-bad-seed", ["run", "-m", "seed=0,-1", "hydra.sweep.dir=sweep"], "seed=-1 is out"),
     # run directory
     ("run-dir-under-file", ["run", "hydra.run.dir=afile/run"], "cannot create the run directory"),
+    # found only by building the run: refused before its directory exists (digits: bundled)
+    (
+        "iid-more-clients-than-samples",
+        [RUN, *DIGITS, "partition=iid", "schedule.num_clients=10000000"],
+        "schedule.num_clients=10000000 is more than the 1,618 training samples",
+    ),
+    (
+        "dirichlet-alpha-tiny",
+        [RUN, *DIGITS, "partition.alpha=1e-9"],
+        "raise partition.alpha or lower schedule.num_clients",
+    ),
+    (
+        "shards-too-many",
+        [RUN, *DIGITS, "partition=shards", "partition.shards_per_client=1000"],
+        "partition=shards: shards: 1618 samples are fewer than 100 clients x 1000 shards",
+    ),
+    ("model-too-big", [RUN, *DIGITS, "model.hidden=1000000"], "GB of memory; lower model.hidden"),
+    (
+        "cuda-without-a-gpu",
+        [RUN, *DIGITS, "device=cuda"],
+        "device='cuda' but no CUDA GPU is visible",
+    ),
+    ("run-dir-empty", ["run", *DIGITS, "hydra.run.dir="], "hydra.run.dir is empty"),
+    ("run-dir-is-a-file", ["run", *DIGITS, "hydra.run.dir=afile"], "is a file, not a directory"),
+    (
+        "run-dir-in-a-sweep",
+        ["run", "-m", *DIGITS, "seed=0,1", "hydra.run.dir=x"],
+        "hydra.run.dir does not apply to a sweep (-m)",
+    ),
+    (
+        "tilde-unquoted",
+        [RUN, "data_dir=~/d"],
+        "character '~' unquoted; quote the value: data_dir='~/d'",
+    ),
+    ("non-ascii-unquoted", [RUN, "dataset=mnïst"], "the character 'ï' unquoted; quote the value"),
     ("run-dir-bad-interpolation", ["run", "hydra.run.dir=${nope}/r"], "cannot resolve hydra"),
     ("delete-seed", [RUN, "~seed"], "override '~seed' cannot delete a config key; set it"),
     ("delete-deep-key", [RUN, "~schedule.lr"], "cannot delete a config key; set it: schedule.lr="),
@@ -259,6 +295,11 @@ def test_corpus_is_large_and_distinct():
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing(case, results):
     name, _, fragment = case
+    if name == "cuda-without-a-gpu":
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("a GPU is visible here")
     if name in NEEDS_DATA and not _mnist_cached():
         pytest.skip("needs mnist in the default data cache (afd data fetch mnist)")
     r = results[name]

@@ -9,8 +9,10 @@ and stay quiet.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -36,9 +38,41 @@ def say(kind: str, message: str) -> None:
 
 
 def _status(run_dir: Path, status: dict[str, Any]) -> None:
+    """Record how the run ended; best effort (the disk may be the reason it ended)."""
     from .metrics import write_json_atomic
 
-    write_json_atomic(run_dir / STATUS, status)
+    with contextlib.suppress(OSError):
+        write_json_atomic(run_dir / STATUS, status)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (a scheduler, a closed terminal), handled like Ctrl-C: the run says
+    how to resume, status.json says interrupted, the exit code is 130."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    for s in (signal.SIGTERM, signal.SIGHUP):  # one is enough: let status.json be written
+        signal.signal(s, signal.SIG_IGN)
+    raise Terminated(signum)
+
+
+def handle_signals() -> None:
+    """SIGTERM and SIGHUP end a run like Ctrl-C (torchrun sends SIGTERM to every process when
+    one fails; a batch scheduler sends it at the time limit; a closed terminal sends SIGHUP)."""
+    for s in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, _on_signal)
+
+
+def _write_failure(e: OSError, run_dir: Path) -> str:
+    """One line for a failed write: the file, the system's reason, how to continue."""
+    where = f" {e.filename}" if e.filename else ""
+    return (
+        f"could not write{where}: {e.strerror or e} (no space left? a read-only disk?); the "
+        f"last checkpoint is intact: free space or fix it, then continue with: afd resume {run_dir}"
+    )
 
 
 def hydra_task(cfg: DictConfig) -> None:
@@ -48,11 +82,20 @@ def hydra_task(cfg: DictConfig) -> None:
 
     from . import data
     from .federated.guard import Diverged
+    from .run import rundir
     from .run.loop import run
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
+    try:  # a sweep's job locks its directory here (a single run holds it since its claim)
+        rundir.lock(run_dir)
+    except ConfigError as e:  # another process's run: leave its files alone
+        if not multirun:
+            say("error", str(e))
+            raise SystemExit(2) from None
+        say("job failed", f"{run_dir}: {e}")
+        return
     try:
         rc = validate(cfg)
         if multirun:
@@ -86,8 +129,11 @@ def hydra_task(cfg: DictConfig) -> None:
         plain = lost or isinstance(e, ConfigError | data.DataError)  # one line that says why
         message = str(e) if plain else f"{type(e).__name__}: {e}"
         message += f"; continue with: afd resume {run_dir}" if lost else ""
+        if isinstance(e, OSError):
+            message = _write_failure(e, run_dir)
         _status(run_dir, {"status": "failed", "error": message})
-        (run_dir / ERROR).write_text(traceback.format_exc())
+        with contextlib.suppress(OSError):
+            (run_dir / ERROR).write_text(traceback.format_exc())
         if not multirun:
             say("error", message)
             raise SystemExit(1) from None

@@ -78,17 +78,32 @@ def make_trainer(cfg: RootConfig, model: models.FLModel, train: data.Samples, de
     return SequentialTrainer(model, train, sgd, device=device, workers=cpu_workers(cfg))
 
 
+_loaded: dict[tuple, data.FederatedDataset] = {}  # the last dataset loaded, for the next run
+
+
 def load_data(cfg: RootConfig) -> data.FederatedDataset:
-    """The configured dataset, split with seed 0 (every run seed shares one test set)."""
-    return data.load(cfg.dataset.name, Path(cfg.data_dir).expanduser(), cfg.dataset, seed=0)
+    """The configured dataset, split with seed 0 (every run seed shares one test set). The last
+    one loaded is kept: the feasibility check before a run and the run share one load, and so
+    do the jobs of a sweep over one dataset."""
+    key = (cfg.dataset.name, str(Path(cfg.data_dir).expanduser()), repr(cfg.dataset))
+    if key not in _loaded:
+        _loaded.clear()
+        _loaded[key] = data.load(key[0], Path(key[1]), cfg.dataset, seed=0)
+    return _loaded[key]
 
 
 def make_partition(cfg: RootConfig, ds: data.FederatedDataset) -> list[np.ndarray]:
     p, s = cfg.partition, cfg.schedule
     plugin = registry.get("partition", p.name)
     labels = ds.train.labels.cpu().numpy()
+    natural = getattr(plugin.obj, "needs_groups", False)  # num_clients is only a cap there
+    if not natural and s.num_clients > len(labels):
+        raise ConfigError(
+            f"schedule.num_clients={s.num_clients} is more than the {len(labels):,} training "
+            f"samples of dataset={cfg.dataset.name}: some clients would have none; lower it"
+        )
     try:
-        if getattr(plugin.obj, "needs_groups", False) and ds.groups is None:
+        if natural and ds.groups is None:
             raise ValueError("it needs per-sample groups, which this dataset does not have")
         parts = plugin.obj(labels, s.num_clients, cfg.seed, p, ds.groups)
     except ValueError as e:
