@@ -153,6 +153,11 @@ class RootConfig:
         "a non-finite loss or update: stop the run, or drop that client",
         choices=("stop", "skip_client"),
     )
+    on_degenerate: str = option(
+        "warn",
+        "the train loss 1000x round 1's (run/degenerate.py): warn and go on, or stop there",
+        choices=("warn", "stop"),
+    )
 
 
 PLUGIN_GROUPS = registry.GROUPS

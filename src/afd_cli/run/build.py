@@ -106,12 +106,32 @@ def new_model(cfg: RootConfig, ds: data.FederatedDataset, device: torch.device) 
     return factory(ds.input_shape, ds.num_classes, cfg.model).to(device)
 
 
-def divergence_hint(cfg: RootConfig) -> str:
-    """The likely cause and what to try, for :class:`Diverged` messages."""
-    hint = f"the learning rate may be too high (schedule.lr={cfg.schedule.lr:g}); lower it"
-    if cfg.on_nonfinite != SKIP:
-        hint += " or drop such clients with on_nonfinite=skip_client"
-    return hint
+def divergence_hint(cfg: RootConfig, client: bool = True) -> str:
+    """The likely cause and what to try, for :class:`Diverged` messages.
+
+    ``client``: a client's local loss or update is non-finite, so its local steps were too
+    large: lower them, or leave such clients out (``on_nonfinite=skip_client``). Otherwise
+    every client's result was finite and the global model broke (non-finite after
+    aggregation, at evaluation, or its loss exploding): leaving clients out cannot help, only
+    smaller steps, the clients' or the server's.
+    """
+    s, c = cfg.schedule, cfg.compression
+    local = [f"schedule.lr={s.lr:g}"]
+    if s.momentum:
+        local.append(f"schedule.momentum={s.momentum:g}")
+    if client:
+        them = "them" if len(local) > 1 else "it"
+        hint = f"the learning rate may be too high ({', '.join(local)}); lower {them}"
+        if cfg.on_nonfinite != SKIP:
+            hint += " or drop such clients with on_nonfinite=skip_client"
+        return hint
+    steps = [local[0], f"compression.server_lr={c.server_lr:g}", *local[1:]]
+    if c.server_momentum:
+        steps.append(f"compression.server_momentum={c.server_momentum:g}")
+    return (
+        "every client's result was finite, so on_nonfinite=skip_client cannot help; the "
+        f"steps may be too large: lower {', '.join(steps[:-1])} or {steps[-1]}"
+    )
 
 
 def majority_share(labels: torch.Tensor) -> float:
@@ -166,7 +186,7 @@ class Simulation:
                 t + 1,
                 None,
                 "the global model has non-finite weights after aggregation",
-                divergence_hint(self.cfg),
+                divergence_hint(self.cfg, client=False),
             )
         return r
 

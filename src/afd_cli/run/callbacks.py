@@ -1,7 +1,8 @@
 """What happens after each round, one small callback each: evaluate the global model, advance
-the simulated clock, count the bytes and build the row, checkpoint, write the rows, show
-progress. The loop (:mod:`.loop`) calls them in this order; each sees the run's
-:class:`~.state.RunState` and the round's :class:`RoundEnd`, and fills in its part.
+the simulated clock, count the bytes and build the row, watch the train loss, checkpoint,
+write the rows, show progress. The loop (:mod:`.loop`) calls them in this order; each sees
+the run's :class:`~.state.RunState` and the round's :class:`RoundEnd`, and fills in its part
+(``stop``: an exception the loop raises once the round's rows are written).
 
 Under torchrun every process runs every callback (evaluation and the checkpoint are
 collective); only rank 0 writes files and shows progress.
@@ -10,6 +11,7 @@ collective); only rank 0 writes files and shows progress.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ..federated.guard import STOP, Diverged
 from ..federated.round import RoundResult
 from ..metrics import ClientsWriter, MetricsWriter, RoundProgress, RoundRow
-from . import checkpoint
+from . import checkpoint, degenerate
 from .build import divergence_hint
 from .rundir import CHECKPOINT, CLIENTS, METRICS
 
@@ -39,6 +41,7 @@ class RoundEnd:
     eval_s: float = 0.0
     sim_round_s: float | None = None  # None: no clock
     row: RoundRow | None = None
+    stop: Exception | None = None  # raised by the loop once every callback has run
 
 
 class Callback:
@@ -71,7 +74,7 @@ class Evaluate(Callback):
                     t + 1,
                     None,
                     f"non-finite test loss ({end.test_loss}) of the global model",
-                    divergence_hint(cfg),
+                    divergence_hint(cfg, client=False),
                 )
             state.evaluated(t + 1, end.test_acc)
         end.eval_s = time.perf_counter() - t_eval
@@ -127,6 +130,42 @@ class Totals(Callback):
             train_s=r.train_s,
             eval_s=end.eval_s,
         )
+
+
+class LossExploded(Diverged):
+    """``on_degenerate=stop``: the train loss exploded (:mod:`.degenerate`) with every value
+    finite; one line naming the round, the losses and what to try."""
+
+
+class LossWatch(Callback):
+    """The train loss against round 1's (:mod:`.degenerate`), kept in the state (so in the
+    checkpoint): the first round at :data:`~.degenerate.LOSS_GROWTH` times it or more is
+    recorded and warned of once (rank 0); ``on_degenerate=stop`` ends the run at such a round
+    once its rows are written (every process: the loss is the round's, gathered)."""
+
+    def __init__(self, sim: Simulation, lead: bool) -> None:
+        self.cfg, self.lead = sim.cfg, lead
+
+    def round_end(self, state: RunState, end: RoundEnd) -> None:
+        loss = end.result.train_loss
+        if end.t == 0:
+            state.first_train_loss = loss
+        if not degenerate.exploded(state.first_train_loss, loss):
+            return
+        first = state.exploded_round is None
+        if first:
+            state.exploded_round, state.exploded_loss = end.t + 1, loss
+        what = degenerate.growth_text(loss, state.first_train_loss)
+        hint = divergence_hint(self.cfg, client=False)
+        if self.cfg.on_degenerate == degenerate.STOP:
+            end.stop = LossExploded(end.t + 1, None, f"{what} (on_degenerate=stop)", hint)
+        elif first and self.lead:
+            print(
+                f"warning: round {end.t + 1}: {what}; the run goes on (on_degenerate=stop "
+                f"would end it); {hint}",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 class Checkpoint(Callback):

@@ -1,0 +1,94 @@
+"""Degenerate runs: no value went non-finite, yet the run learned nothing or blew up.
+
+A run is *degenerate* when
+
+- its best test accuracy is at or below ``majority_baseline`` (always predicting the most
+  common test label): whatever it reached, a constant answer reaches too; or
+- its training loss exploded: a round's ``train_loss`` is :data:`LOSS_GROWTH` times round 1's
+  or more. Round 1's loss is the run's own starting point (local training from the initial
+  model: about ln(classes) for a classifier), and a healthy run's loss falls from there; it
+  never rose above round 1's in the 84 runs under ``docs/results/runs``, and ``schedule.lr=1``
+  on digits + mlp, noisy but learning, stayed within 1.2x. Three orders of magnitude is far
+  past noise between rounds and needs only ``metrics.csv``, so ``afd report`` applies the same
+  test to any run (stopped, unfinished or older ones). ``schedule.lr=3`` there grows 1,700x by
+  round 3 and ``schedule.lr=10`` 5e14x by round 2, both without a NaN.
+
+The run records both in ``summary.json`` (``"loss_explosion"``, ``"degenerate"``: the reason,
+or null) and ends ``ok``: it finished and its files are whole; the flag says its numbers mean
+little. ``on_degenerate=stop`` ends it at the exploding round instead
+(:class:`~.callbacks.LossExploded`). Nothing here imports torch: ``afd report`` uses it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+LOSS_GROWTH = 1000.0  # a train loss this many times round 1's is an explosion
+WARN, STOP = "warn", "stop"  # on_degenerate
+
+
+def exploded(first: float | None, loss: float) -> bool:
+    """Whether ``loss`` is :data:`LOSS_GROWTH` times round 1's train loss ``first`` or more
+    (never without a usable ``first``: none recorded, non-finite or not positive)."""
+    if first is None or not math.isfinite(first) or first <= 0:
+        return False
+    return loss >= LOSS_GROWTH * first
+
+
+def loss_explosion(rounds: Iterable[int], losses: Iterable[float]) -> dict[str, Any] | None:
+    """The first round whose train loss exploded against round 1's, as ``summary.json``
+    holds it (``round``, ``train_loss``, ``first_train_loss``); None if none did or round 1
+    is not among ``rounds``."""
+    pairs = list(zip(rounds, losses, strict=True))
+    first = next((float(loss) for r, loss in pairs if int(r) == 1), None)
+    for r, loss in pairs:
+        if exploded(first, float(loss)):
+            return explosion(int(r), float(loss), first)
+    return None
+
+
+def explosion(round: int, loss: float, first: float | None) -> dict[str, Any]:
+    return {"round": round, "train_loss": loss, "first_train_loss": first}
+
+
+def growth_text(loss: float, first: float | None) -> str:
+    """``train loss 6.2e+17 is over 1000x round 1's (1.24e+03)``."""
+    return f"train loss {loss:.3g} is over {LOSS_GROWTH:g}x round 1's ({first:.3g})"
+
+
+def explosion_text(e: Mapping[str, Any]) -> str:
+    """``round 2: train loss 6.2e+17 is over 1000x round 1's (1.24e+03)``."""
+    return f"round {e['round']}: {growth_text(e['train_loss'], e['first_train_loss'])}"
+
+
+def at_baseline(best_acc: float | None, majority: float | None) -> bool:
+    """Whether the best accuracy is at or below the majority baseline (both fractions of one
+    test set, so apart by 1/size or more unless equal)."""
+    if best_acc is None or majority is None or math.isnan(best_acc) or math.isnan(majority):
+        return False
+    return best_acc <= majority + 1e-9
+
+
+def degenerate_reason(summary: Mapping[str, Any]) -> str | None:
+    """One line saying why the run of ``summary`` (``summary.json``'s keys ``best_acc``,
+    ``majority_baseline``, ``loss_explosion``) is degenerate; None if it is not. A key that is
+    missing (older summaries) tests nothing."""
+    why = []
+    best, majority = summary.get("best_acc"), summary.get("majority_baseline")
+    if at_baseline(best, majority):
+        why.append(
+            f"best accuracy {best:.4f} is at or below the majority baseline {majority:.4f} "
+            "(always predicting the most common test label)"
+        )
+    if summary.get("loss_explosion"):
+        why.append(explosion_text(summary["loss_explosion"]))
+    return "; ".join(why) or None
+
+
+def status_of(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """``status.json`` of a run that finished: ``ok``, plus ``degenerate`` (the reason) when it
+    is; a healthy run's stays ``{"status": "ok"}``."""
+    reason = summary.get("degenerate")
+    return {"status": "ok", "degenerate": reason} if reason else {"status": "ok"}
