@@ -155,7 +155,7 @@ class RootConfig:
     )
     on_degenerate: str = option(
         "warn",
-        "the train loss 1000x round 1's (run/degenerate.py): warn and go on, or stop there",
+        "a train loss 1000x round 1's or more: warn and go on, or stop the run there",
         choices=("warn", "stop"),
     )
 
