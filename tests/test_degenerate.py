@@ -191,12 +191,17 @@ def test_stop_on_resume_compares_with_round_1_of_the_checkpoint(tmp_path):
 # --- what each divergence message recommends --------------------------------------------------
 
 
-def test_a_non_finite_client_hint_offers_a_lower_lr_or_skip_client(tmp_path, monkeypatch):
+def test_a_non_finite_client_hint_offers_lower_steps_or_skip_client(tmp_path, monkeypatch):
     _poisoned(monkeypatch, call=1, slot=0)
     with pytest.raises(Diverged) as e:
-        loop.run(_config("schedule.rounds=1"), tmp_path)
+        loop.run(_config("schedule.rounds=1", "schedule.momentum=0.9"), tmp_path)
     assert e.value.client is not None
     assert str(e.value).endswith(
+        "the learning rate may be too high (schedule.lr=0.05, schedule.momentum=0.9); lower "
+        "them or drop such clients with on_nonfinite=skip_client"
+    )
+    plain = building.divergence_hint(_config())  # as before, without momentum
+    assert plain == (
         "the learning rate may be too high (schedule.lr=0.05); lower it or drop such clients "
         "with on_nonfinite=skip_client"
     )
