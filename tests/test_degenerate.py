@@ -55,12 +55,15 @@ def test_lr10_run_is_flagged_degenerate_in_summary(lr10):
     assert list(rows["round"]) == [1, 2] and rows["train_loss"].map(math.isfinite).all()
 
 
-def test_lr10_warns_once_on_stderr_and_goes_on(tmp_path, capfd):
-    loop.run(_cfg("schedule.rounds=3"), tmp_path)
-    err = capfd.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err  # round 3 is 2.9e13, still exploded: warned of once
-    assert err[0].startswith("warning: round 2: train loss 6.2e+17 is over 1000x round 1's")
-    assert "on_degenerate=stop" in err[0] and "schedule.lr=10" in err[0]
+def test_warn_goes_on_and_marks_the_first_exploding_round_s_progress_line(tmp_path, capfd):
+    summary = loop.run(_cfg("schedule.rounds=3", "progress=plain"), tmp_path)
+    assert summary["rounds"] == 3 and summary["loss_explosion"]["round"] == 2
+    out, err = capfd.readouterr()
+    marked = [
+        ln for ln in out.splitlines() if ln.endswith("(train loss 1000x round 1's: degenerate)")
+    ]
+    assert [ln.split()[1] for ln in marked] == ["2/3"]  # round 3 (2.9e13) is not marked again
+    assert err == ""  # stderr: one line for how the run ended (launch.py), nothing mid-run
 
 
 def test_a_healthy_run_is_not_degenerate(tmp_path, capfd):

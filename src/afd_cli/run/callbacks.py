@@ -11,7 +11,6 @@ collective); only rank 0 writes files and shows progress.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -140,11 +139,12 @@ class LossExploded(Diverged):
 class LossWatch(Callback):
     """The train loss against round 1's (:mod:`.degenerate`), kept in the state (so in the
     checkpoint): the first round at :data:`~.degenerate.LOSS_GROWTH` times it or more is
-    recorded and warned of once (rank 0); ``on_degenerate=stop`` ends the run at such a round
-    once its rows are written (every process: the loss is the round's, gathered)."""
+    recorded (``summary.json`` and the progress line say so; nothing on stderr, which holds one
+    line for how a run ended); ``on_degenerate=stop`` ends the run at such a round once its
+    rows are written (on every process: the loss is the round's, gathered)."""
 
-    def __init__(self, sim: Simulation, lead: bool) -> None:
-        self.cfg, self.lead = sim.cfg, lead
+    def __init__(self, sim: Simulation) -> None:
+        self.cfg = sim.cfg
 
     def round_end(self, state: RunState, end: RoundEnd) -> None:
         loss = end.result.train_loss
@@ -152,20 +152,12 @@ class LossWatch(Callback):
             state.first_train_loss = loss
         if not degenerate.exploded(state.first_train_loss, loss):
             return
-        first = state.exploded_round is None
-        if first:
+        if state.exploded_round is None:
             state.exploded_round, state.exploded_loss = end.t + 1, loss
-        what = degenerate.growth_text(loss, state.first_train_loss)
-        hint = divergence_hint(self.cfg, client=False)
         if self.cfg.on_degenerate == degenerate.STOP:
+            what = degenerate.growth_text(loss, state.first_train_loss)
+            hint = divergence_hint(self.cfg, client=False)
             end.stop = LossExploded(end.t + 1, None, f"{what} (on_degenerate=stop)", hint)
-        elif first and self.lead:
-            print(
-                f"warning: round {end.t + 1}: {what}; the run goes on (on_degenerate=stop "
-                f"would end it); {hint}",
-                file=sys.stderr,
-                flush=True,
-            )
 
 
 class Checkpoint(Callback):
@@ -228,7 +220,9 @@ class Progress(Callback):
 
     def round_end(self, state: RunState, end: RoundEnd) -> None:
         assert end.row is not None
-        self.bar.round_done(end.row)
+        exploded = state.exploded_round == end.t + 1  # the first such round
+        note = f" (train loss {degenerate.LOSS_GROWTH:g}x round 1's: degenerate)"
+        self.bar.round_done(end.row, note=note if exploded else "")
 
     def close(self) -> None:
         self.bar.close()

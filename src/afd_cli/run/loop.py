@@ -45,7 +45,7 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
         cb.Evaluate(sim),
         cb.SimulatedClock(sim),
         cb.Totals(sim),
-        cb.LossWatch(sim, lead),
+        cb.LossWatch(sim),
         cb.Checkpoint(sim, run_dir, comparable(cfg), lead),
         cb.Rows(run_dir, cfg.schedule.clients_per_round, keep, pending, lead),
         cb.Progress(sim, state.round, lead),
