@@ -79,6 +79,20 @@ def test_status_of_a_degenerate_run_is_ok_with_the_reason(lr10):
     assert degenerate.status_of(summary) == {"status": "ok", "degenerate": summary["degenerate"]}
 
 
+def test_degenerate_line_adds_what_to_try(lr10):
+    _, summary = lr10
+    line = degenerate.degenerate_line(summary)
+    assert line == summary["degenerate"] + (
+        "; the steps may be too large: lower schedule.lr=10 or compression.server_lr=1"
+    )
+    flat = summary | {"loss_explosion": None, "degenerate": "best accuracy ..."}
+    assert degenerate.degenerate_line(flat) == (
+        "best accuracy ...; it learned nothing a constant answer does not: schedule.lr=10 may "
+        "be too large or too small, or schedule.rounds=2 too few"
+    )
+    assert degenerate.degenerate_line(summary | {"degenerate": None}) is None
+
+
 @pytest.mark.slow  # a whole `afd run` process: ~10 s on 2 cores
 @pytest.mark.xfail(
     strict=True, reason="launch.py writes status.json: degenerate.status_of(summary) not wired yet"

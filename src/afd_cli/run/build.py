@@ -22,6 +22,7 @@ from ..federated.guard import SKIP, Diverged, FiniteGuard, all_finite
 from ..federated.round import CHUNK, Federation, RoundResult, run_round
 from ..flops import TrainingCost
 from ..state import StateStore
+from .degenerate import lower_steps
 from .rundir import STATE_DIR
 
 
@@ -125,12 +126,8 @@ def divergence_hint(cfg: RootConfig, client: bool = True) -> str:
         if cfg.on_nonfinite != SKIP:
             hint += " or drop such clients with on_nonfinite=skip_client"
         return hint
-    steps = [local[0], f"compression.server_lr={c.server_lr:g}", *local[1:]]
-    if c.server_momentum:
-        steps.append(f"compression.server_momentum={c.server_momentum:g}")
-    return (
-        "every client's result was finite, so on_nonfinite=skip_client cannot help; the "
-        f"steps may be too large: lower {', '.join(steps[:-1])} or {steps[-1]}"
+    return "every client's result was finite, so on_nonfinite=skip_client cannot help; " + (
+        lower_steps(s.lr, c.server_lr, s.momentum, c.server_momentum)
     )
 
 

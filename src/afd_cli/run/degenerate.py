@@ -90,6 +90,36 @@ def degenerate_reason(summary: Mapping[str, Any]) -> str | None:
     return "; ".join(why) or None
 
 
+def lower_steps(lr: float, server_lr: float, momentum: float, server_momentum: float) -> str:
+    """What to try when the global model blows up with every client finite: smaller steps,
+    the clients' or the server's (momentum terms only where set)."""
+    steps = [f"schedule.lr={lr:g}", f"compression.server_lr={server_lr:g}"]
+    steps += [f"schedule.momentum={momentum:g}"] if momentum else []
+    steps += [f"compression.server_momentum={server_momentum:g}"] if server_momentum else []
+    return f"the steps may be too large: lower {', '.join(steps[:-1])} or {steps[-1]}"
+
+
+def degenerate_line(summary: Mapping[str, Any]) -> str | None:
+    """The line ``afd run`` can print for a degenerate run: the reason and what to try (from
+    ``summary["config"]``); None for a healthy run."""
+    reason = summary.get("degenerate")
+    if not reason:
+        return None
+    cfg = summary.get("config") or {}
+    s, c = cfg.get("schedule") or {}, cfg.get("compression") or {}
+    lr = s.get("lr")
+    if lr is None:
+        return reason
+    if summary.get("loss_explosion"):
+        return f"{reason}; " + lower_steps(
+            lr, c.get("server_lr", 1.0), s.get("momentum", 0.0), c.get("server_momentum", 0.0)
+        )
+    return (
+        f"{reason}; it learned nothing a constant answer does not: schedule.lr={lr:g} may be "
+        f"too large or too small, or schedule.rounds={s.get('rounds')} too few"
+    )
+
+
 def status_of(summary: Mapping[str, Any]) -> dict[str, Any]:
     """``status.json`` of a run that finished: ``ok``, plus ``degenerate`` (the reason) when it
     is; a healthy run's stays ``{"status": "ok"}``."""
