@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..federated import distributed
 from ..federated.guard import STOP, Diverged
 from ..federated.round import RoundResult
 from ..metrics import ClientsWriter, MetricsWriter, RoundProgress, RoundRow
@@ -40,6 +41,7 @@ class RoundEnd:
     eval_s: float = 0.0
     sim_round_s: float | None = None  # None: no clock
     row: RoundRow | None = None
+    exploded: bool = False  # the run's first round whose train loss exploded (degenerate)
     stop: Exception | None = None  # raised by the loop once every callback has run
 
 
@@ -137,25 +139,33 @@ class LossExploded(Diverged):
 
 
 class LossWatch(Callback):
-    """The train loss against round 1's (:mod:`.degenerate`), kept in the state (so in the
-    checkpoint): the first round at :data:`~.degenerate.LOSS_GROWTH` times it or more is
-    recorded (``summary.json`` and the progress line say so; nothing on stderr, which holds one
-    line for how a run ended); ``on_degenerate=stop`` ends the run at such a round once its
-    rows are written (on every process: the loss is the round's, gathered)."""
+    """The train loss against round 1's (:mod:`.degenerate`, as ``metrics.csv`` holds them):
+    the first round at :data:`~.degenerate.LOSS_GROWTH` times it or more is marked on its
+    progress line (stderr holds one line, for how the run ended; ``summary.json`` reads the
+    losses from ``metrics.csv``); ``on_degenerate=stop`` ends the run at such a round once its
+    rows are written, on every process (the loss is the round's, gathered). A resumed run
+    reads round 1's loss back from ``metrics.csv``, so the checkpoint holds nothing more."""
 
-    def __init__(self, sim: Simulation) -> None:
-        self.cfg = sim.cfg
+    def __init__(self, sim: Simulation, run_dir: Path) -> None:
+        self.cfg, self.path = sim.cfg, run_dir / METRICS
+        self.first: float | None = None  # round 1's train loss
+        self.seen = False  # a round exploded already
+        self.known = False  # first and seen are known (round 1 ran here, or was read back)
 
     def round_end(self, state: RunState, end: RoundEnd) -> None:
-        loss = end.result.train_loss
+        loss = degenerate.as_written(end.result.train_loss)
         if end.t == 0:
-            state.first_train_loss = loss
-        if not degenerate.exploded(state.first_train_loss, loss):
+            self.first, self.seen, self.known = loss, False, True
+        elif not self.known:  # resumed: rounds 1..t are in metrics.csv (Rows wrote them)
+            self.first, seen = distributed.from_lead(
+                lambda: degenerate.first_and_explosion(self.path), "reading round 1's loss"
+            )
+            self.seen, self.known = seen is not None, True
+        if not degenerate.exploded(self.first, loss):
             return
-        if state.exploded_round is None:
-            state.exploded_round, state.exploded_loss = end.t + 1, loss
+        end.exploded, self.seen = not self.seen, True
         if self.cfg.on_degenerate == degenerate.STOP:
-            what = degenerate.growth_text(loss, state.first_train_loss)
+            what = degenerate.growth_text(loss, self.first)
             hint = divergence_hint(self.cfg, client=False)
             end.stop = LossExploded(end.t + 1, None, f"{what} (on_degenerate=stop)", hint)
 
@@ -220,9 +230,8 @@ class Progress(Callback):
 
     def round_end(self, state: RunState, end: RoundEnd) -> None:
         assert end.row is not None
-        exploded = state.exploded_round == end.t + 1  # the first such round
         note = f" (train loss {degenerate.LOSS_GROWTH:g}x round 1's: degenerate)"
-        self.bar.round_done(end.row, note=note if exploded else "")
+        self.bar.round_done(end.row, note=note if end.exploded else "")
 
     def close(self) -> None:
         self.bar.close()

@@ -13,9 +13,12 @@ A run is *degenerate* when
   test to any run (stopped, unfinished or older ones). ``schedule.lr=3`` there grows 1,700x by
   round 3 and ``schedule.lr=10`` 5e14x by round 2, both without a NaN.
 
-The run records both in ``summary.json`` (``"loss_explosion"``, ``"degenerate"``: the reason,
-or null) and ends ``ok``: it finished and its files are whole; the flag says its numbers mean
-little. ``on_degenerate=stop`` ends it at the exploding round instead
+Losses are compared as ``metrics.csv`` holds them (:func:`as_written`), and the run's
+``summary.json`` reads them from there, so a run, its resume and ``afd report`` judge the same
+numbers, and the checkpoint holds nothing more. The run records both tests in
+``summary.json`` (``"loss_explosion"``, ``"degenerate"``: the reason, or null) and ends
+``ok``: it finished and its files are whole; the flag says its numbers mean little.
+``on_degenerate=stop`` ends it at the exploding round instead
 (:class:`~.callbacks.LossExploded`). Nothing here imports torch: ``afd report`` uses it.
 """
 
@@ -23,13 +26,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
+
+from ..metrics import intact_rows
 
 LOSS_GROWTH = 1000.0  # a train loss this many times round 1's is an explosion
 # metrics.csv keeps 6 significant digits (an accuracy of 0.1005586 reads 0.100559), and one
 # test sample in a million more than the constant answer is no better than it
 ACC_TOLERANCE = 1e-6
 WARN, STOP = "warn", "stop"  # on_degenerate
+
+
+def as_written(x: float) -> float:
+    """``x`` as ``metrics.csv`` holds it (6 significant digits)."""
+    return float(f"{x:.6g}")
 
 
 def exploded(first: float | None, loss: float) -> bool:
@@ -54,6 +65,15 @@ def loss_explosion(rounds: Iterable[int], losses: Iterable[float]) -> dict[str, 
 
 def explosion(round: int, loss: float, first: float | None) -> dict[str, Any]:
     return {"round": round, "train_loss": loss, "first_train_loss": first}
+
+
+def first_and_explosion(metrics: Path) -> tuple[float | None, dict[str, Any] | None]:
+    """Round 1's train loss in a run's ``metrics.csv`` (its intact rows), and its
+    :func:`loss_explosion`."""
+    rows = [(int(r["round"]), r["train_loss"]) for r in intact_rows(metrics)]
+    rows = [(r, float(loss)) for r, loss in rows if loss != ""]
+    first = rows[0][1] if rows and rows[0][0] == 1 else None
+    return first, loss_explosion([r for r, _ in rows], [loss for _, loss in rows])
 
 
 def growth_text(loss: float, first: float | None) -> str:

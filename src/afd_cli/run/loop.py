@@ -19,7 +19,7 @@ from ..federated import distributed
 from ..metrics import sim_time_to, write_json_atomic
 from . import callbacks as cb
 from .build import Simulation, build, majority_share
-from .degenerate import degenerate_reason, explosion
+from .degenerate import degenerate_reason, first_and_explosion
 from .resume import comparable, start
 from .rundir import METRICS, PARTITION, SUMMARY
 from .state import RunState
@@ -45,7 +45,7 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
         cb.Evaluate(sim),
         cb.SimulatedClock(sim),
         cb.Totals(sim),
-        cb.LossWatch(sim),
+        cb.LossWatch(sim, run_dir),
         cb.Checkpoint(sim, run_dir, comparable(cfg), lead),
         cb.Rows(run_dir, cfg.schedule.clients_per_round, keep, pending, lead),
         cb.Progress(sim, state.round, lead),
@@ -77,11 +77,8 @@ def summarize(
     target = TARGET_SHARE * state.best_acc if state.best_acc is not None else None
     client_bytes = distributed.total(sim.compressor.state_nbytes(), "adding up the state")
     majority = majority_share(sim.test.labels)
-    exploded = (  # the first round whose train loss was 1000x round 1's, or None
-        explosion(state.exploded_round, state.exploded_loss, state.first_train_loss)
-        if state.exploded_round is not None and state.exploded_loss is not None
-        else None
-    )
+    # the first round whose train loss was 1000x round 1's, or None (rank 0 has the file)
+    exploded = first_and_explosion(run_dir / METRICS)[1] if lead else None
     degenerate = degenerate_reason(
         {"best_acc": state.best_acc, "majority_baseline": majority, "loss_explosion": exploded}
     )

@@ -23,9 +23,6 @@ class RunState:
     sim_time: float = 0.0  # simulated seconds so far (network.*; 0 without a clock)
     checkpoint_s: float = 0.0  # wall seconds spent writing checkpoints
     checkpoint_bytes: int = 0  # bytes those checkpoints wrote
-    first_train_loss: float | None = None  # round 1's, the reference of a loss explosion
-    exploded_round: int | None = None  # the first round whose train loss exploded (degenerate)
-    exploded_loss: float | None = None  # its train loss
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
