@@ -35,7 +35,7 @@ LOSS_GROWTH = 1000.0  # a train loss this many times round 1's is an explosion
 # metrics.csv keeps 6 significant digits (an accuracy of 0.1005586 reads 0.100559), and one
 # test sample in a million more than the constant answer is no better than it
 ACC_TOLERANCE = 1e-6
-WARN, STOP = "warn", "stop"  # on_degenerate
+STOP = "stop"  # on_degenerate=stop ends the run at the exploding round
 
 
 def as_written(x: float) -> float:
