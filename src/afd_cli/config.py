@@ -153,6 +153,11 @@ class RootConfig:
         "a non-finite loss or update: stop the run, or drop that client",
         choices=("stop", "skip_client"),
     )
+    on_degenerate: str = option(
+        "warn",
+        "a train loss 1000x round 1's or more: warn and go on, or stop the run there",
+        choices=("warn", "stop"),
+    )
 
 
 PLUGIN_GROUPS = registry.GROUPS

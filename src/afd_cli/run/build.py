@@ -22,6 +22,7 @@ from ..federated.guard import SKIP, Diverged, FiniteGuard, all_finite
 from ..federated.round import CHUNK, Federation, RoundResult, run_round
 from ..flops import TrainingCost
 from ..state import StateStore
+from .degenerate import lower_steps
 from .rundir import STATE_DIR
 
 
@@ -121,12 +122,28 @@ def new_model(cfg: RootConfig, ds: data.FederatedDataset, device: torch.device) 
     return factory(ds.input_shape, ds.num_classes, cfg.model).to(device)
 
 
-def divergence_hint(cfg: RootConfig) -> str:
-    """The likely cause and what to try, for :class:`Diverged` messages."""
-    hint = f"the learning rate may be too high (schedule.lr={cfg.schedule.lr:g}); lower it"
-    if cfg.on_nonfinite != SKIP:
-        hint += " or drop such clients with on_nonfinite=skip_client"
-    return hint
+def divergence_hint(cfg: RootConfig, client: bool = True) -> str:
+    """The likely cause and what to try, for :class:`Diverged` messages.
+
+    ``client``: a client's local loss or update is non-finite, so its local steps were too
+    large: lower them, or leave such clients out (``on_nonfinite=skip_client``). Otherwise
+    every client's result was finite and the global model broke (non-finite after
+    aggregation, at evaluation, or its loss exploding): leaving clients out cannot help, only
+    smaller steps, the clients' or the server's.
+    """
+    s, c = cfg.schedule, cfg.compression
+    local = [f"schedule.lr={s.lr:g}"]
+    if s.momentum:
+        local.append(f"schedule.momentum={s.momentum:g}")
+    if client:
+        them = "them" if len(local) > 1 else "it"
+        hint = f"the learning rate may be too high ({', '.join(local)}); lower {them}"
+        if cfg.on_nonfinite != SKIP:
+            hint += " or drop such clients with on_nonfinite=skip_client"
+        return hint
+    return "every client's result was finite, so on_nonfinite=skip_client cannot help; " + (
+        lower_steps(s.lr, c.server_lr, s.momentum, c.server_momentum)
+    )
 
 
 def majority_share(labels: torch.Tensor) -> float:
@@ -181,7 +198,7 @@ class Simulation:
                 t + 1,
                 None,
                 "the global model has non-finite weights after aggregation",
-                divergence_hint(self.cfg),
+                divergence_hint(self.cfg, client=False),
             )
         return r
 

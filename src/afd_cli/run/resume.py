@@ -42,6 +42,7 @@ MAY_CHANGE = (
     "trainer",
     "state.memory_mb",  # spilling to disk and reading back is exact
     "on_nonfinite",  # matters only once a result is non-finite
+    "on_degenerate",  # matters only once the train loss has exploded
     "schedule.rounds",  # extending a finished run with more rounds is allowed
     "schedule.eval_every",
 )
