@@ -94,9 +94,6 @@ def test_degenerate_line_adds_what_to_try(lr10):
 
 
 @pytest.mark.slow  # a whole `afd run` process: ~10 s on 2 cores
-@pytest.mark.xfail(
-    strict=True, reason="launch.py writes status.json: degenerate.status_of(summary) not wired yet"
-)
 def test_afd_run_lr10_ends_ok_and_flags_status_json(tmp_path):
     p = subprocess.run(
         [*AFD, "run", *LR10, "schedule.rounds=2", "hydra.run.dir=d"],

@@ -36,7 +36,7 @@ def _groups_help() -> str:
         lines.append(f"  {group}: {', '.join(shown)}\n")
     lines.append(
         "  top level: seed, device, precision, threads, data_dir, progress, resume, "
-        "checkpoint_every, on_nonfinite\n"
+        "checkpoint_every, on_nonfinite, on_degenerate\n"
     )
     lines.append("All keys with their values: afd config show [OVERRIDES...]")
     return "\n".join(lines)
@@ -131,7 +131,9 @@ def run(
         fail(str(e))
     _interruptible(overrides, multirun)
     if sweep_dir is not None:
-        failed = sweep_failures(sweep_dir)
+        failed, degenerate = sweep_failures(sweep_dir)
+        for path, msg in degenerate:
+            err.print(f"[yellow]degenerate:[/] {path}: {msg}", highlight=False, soft_wrap=True)
         for path, msg in failed:
             err.print(f"[bold red]failed:[/] {path}: {msg}", highlight=False, soft_wrap=True)
         if failed:
@@ -154,8 +156,8 @@ def resume(
 
     Only options that leave the results alone may change (schedule.rounds,
     schedule.eval_every, progress, checkpoint_every, threads, device, trainer, on_nonfinite,
-    data_dir); they are recorded in RUN_DIR/resume.log. Anything else is refused before a
-    file is touched."""
+    on_degenerate, data_dir); they are recorded in RUN_DIR/resume.log. Anything else is
+    refused before a file is touched."""
     from .compose import quote
     from .launch import on_lead
 

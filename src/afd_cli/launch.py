@@ -83,6 +83,7 @@ def hydra_task(cfg: DictConfig) -> None:
     from . import data
     from .federated.guard import Diverged
     from .run import rundir
+    from .run.degenerate import degenerate_line, status_of
     from .run.loop import run
 
     hc = HydraConfig.get()
@@ -101,13 +102,15 @@ def hydra_task(cfg: DictConfig) -> None:
         if multirun:
             rc.progress = "none" if rc.progress == "auto" else rc.progress
         summary = run(rc, run_dir)
-        _status(run_dir, {"status": "ok"})
+        _status(run_dir, status_of(summary))
         acc = summary["final_acc"]
         print(
             f"done: {run_dir}  final acc {acc:.4f}  total {summary['total_bytes'] / 1e6:,.1f} "
             f"MB  {summary['wall_s']:.1f}s",
             flush=True,
         )
+        if line := degenerate_line(summary):  # finished, whole, but not a result to trust
+            say("job degenerate" if multirun else "degenerate", f"{run_dir}: {line}")
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM under torchrun (it says so)
         _status(run_dir, {"status": "interrupted"})
         why = escape(f" ({e})" if str(e) else "")
@@ -213,11 +216,14 @@ def follow(overrides: list[str]) -> None:
         raise SystemExit(1) from None
 
 
-def sweep_failures(sweep_dir: Path) -> list[tuple[Path, str]]:
-    """After a sweep: the jobs that did not end ok, with why."""
-    failed = []
-    for status in sweep_dir.glob(f"*/{STATUS}"):
+def sweep_failures(sweep_dir: Path) -> tuple[list[tuple[Path, str]], list[tuple[Path, str]]]:
+    """After a sweep: the jobs that did not end ok, and those that ended ok but degenerate
+    (:mod:`afd_cli.run.degenerate`), each with why."""
+    failed, degenerate = [], []
+    for status in sorted(sweep_dir.glob(f"*/{STATUS}")):
         s = json.loads(status.read_text())
         if s.get("status") != "ok":
             failed.append((status.parent, s.get("error", s.get("status"))))
-    return failed
+        elif s.get("degenerate"):
+            degenerate.append((status.parent, s["degenerate"]))
+    return failed, degenerate
