@@ -2,21 +2,22 @@
 a subprocess and must exit 2 with exactly one line on stderr that names the bad key or value and
 what would be valid, leaving no run directory, sweep directory or ``outputs/`` behind.
 
-The subprocesses are started together by one module-scoped fixture (a thread pool), so the
-whole corpus costs a few seconds of wall time per core rather than one interpreter start per
-case in series. ``AFD_DATA_DIR`` points at an empty directory: a case that slipped past
+Each case is a fresh process forked from a server that has imported afd_cli and torch once
+(``helpers.afd_forked``: the real ``main()``, its exit code, stdout and stderr, as a subprocess
+would give them), started together by one module-scoped fixture (a thread pool): the corpus
+costs the checks themselves, not one interpreter start and torch import per case.
+``AFD_DATA_DIR`` points at an empty directory: a case that slipped past
 validation fails fast on the missing dataset instead of training.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from helpers import AFD
+from helpers import afd_forked
 
 # cases that must get past the dataset check (the default cache's mnist) to reach their error
 NEEDS_DATA = {"run-dir-under-file", "run-dir-bad-interpolation"}
@@ -265,14 +266,7 @@ def _one(case: tuple[str, list[str], str], root: Path) -> dict:
     if name not in NEEDS_DATA:
         env["AFD_DATA_DIR"] = str(root / "no-data")
     before = sorted(p.name for p in cwd.iterdir())
-    p = subprocess.run(
-        [*AFD, *_argv(args, cwd)],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    p = afd_forked(_argv(args, cwd), cwd, env)
     after = sorted(str(p.relative_to(cwd)) for p in cwd.rglob("*"))
     return {"p": p, "before": before, "after": after}
 
