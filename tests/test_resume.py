@@ -45,10 +45,12 @@ def run(finished, tmp_path) -> Path:
 
 
 def snapshot(d: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file of a run directory but ``.lock`` (the pid of the last process that held
+    it: a refused command takes the lock before it refuses)."""
     return {
         str(f.relative_to(d)): (f.read_bytes(), f.stat().st_mtime_ns)
         for f in sorted(d.rglob("*"))
-        if f.is_file()
+        if f.is_file() and f.name != ".lock"
     }
 
 
