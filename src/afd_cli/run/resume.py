@@ -146,7 +146,8 @@ def start(sim: Simulation, run_dir: Path) -> tuple[RunState, dict[str, Any] | No
         lambda: resume_point(sim.cfg, run_dir, sim), "reading the checkpoint"
     )
     if ckpt is not None and "store" in ckpt:  # one process (resume_point inlines otherwise)
-        sim.store.restore(ckpt["store"])  # per-client state stays on disk until asked for
+        # per-client state stays on disk until asked for; load() checked every file
+        sim.store.restore(ckpt["store"], checked=True)
     elif sim.fed.team is SOLO:
         sim.store.reset()  # starting over (or from an inline checkpoint): no stale state files
     if ckpt is None:
