@@ -41,6 +41,7 @@ MAY_CHANGE = (
     "checkpoint_every",
     "trainer",
     "state.memory_mb",  # spilling to disk and reading back is exact
+    "state.fsync",  # when bytes reach the disk, not which
     "on_nonfinite",  # matters only once a result is non-finite
     "schedule.rounds",  # extending a finished run with more rounds is allowed
     "schedule.eval_every",
