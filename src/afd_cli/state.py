@@ -130,7 +130,7 @@ class _Slot:
     gen: int | None = None  # newest file holding this slot's values (None: never written)
     dirty: bool = True  # ``flat`` differs from file ``gen``
     committed: int | None = None  # the file the last committed index names
-    crc: int | None = None  # CRC-32 of file ``gen`` (None: unknown, from an index of version 1)
+    crc: int | None = None  # CRC-32 of file ``gen`` (None: no file yet)
     synced: bool = True  # file ``gen`` is on the disk (fsync), not only in the page cache
 
 
