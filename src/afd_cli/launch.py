@@ -85,6 +85,7 @@ def hydra_task(cfg: DictConfig) -> None:
     from .run import rundir
     from .run.degenerate import degenerate_line, status_of
     from .run.loop import run
+    from .state import StateChecksumError
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
@@ -129,10 +130,15 @@ def hydra_task(cfg: DictConfig) -> None:
         say("job diverged", f"{run_dir}: {e}")
     except Exception as e:
         lost = type(e).__name__ == "PeerLost"  # distributed: another process failed
-        plain = lost or isinstance(e, ConfigError | data.DataError)  # one line that says why
+        damaged = isinstance(e, StateChecksumError)  # a slot file read back during the run
+        plain = lost or damaged or isinstance(e, ConfigError | data.DataError)  # one line
         message = str(e) if plain else f"{type(e).__name__}: {e}"
-        message += f"; continue with: afd resume {run_dir}" if lost else ""
-        if isinstance(e, OSError):
+        # named by the checkpoint: resuming from it cannot help; else it resumes exactly
+        if isinstance(e, StateChecksumError) and e.committed:
+            message += f"; start over with: afd resume {run_dir} --from-scratch"
+        elif lost or damaged:
+            message += f"; continue with: afd resume {run_dir}"
+        elif isinstance(e, OSError):
             message = _write_failure(e, run_dir)
         _status(run_dir, {"status": "failed", "error": message})
         with contextlib.suppress(OSError):

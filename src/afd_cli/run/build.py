@@ -228,7 +228,7 @@ def build(
     model = new_model(cfg, ds, device)
     shapes = {k: tuple(p.shape) for k, p in model.named_parameters()}
     spill = run_dir / STATE_DIR if run_dir is not None and distributed.world() is None else None
-    store = StateStore(cfg.state.memory_mb, spill, cfg.state.dtype)
+    store = StateStore(cfg.state.memory_mb, spill, cfg.state.dtype, cfg.state.fsync)
     setup = registry.Setup(model, shapes, cfg.seed, device, store)
     strategy = strategies.build(cfg.strategy, setup)
     compressor = compression.build(cfg.compression, setup)

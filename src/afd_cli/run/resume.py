@@ -41,6 +41,7 @@ MAY_CHANGE = (
     "checkpoint_every",
     "trainer",
     "state.memory_mb",  # spilling to disk and reading back is exact
+    "state.fsync",  # when bytes reach the disk, not which
     "on_nonfinite",  # matters only once a result is non-finite
     "on_degenerate",  # matters only once the train loss has exploded
     "schedule.rounds",  # extending a finished run with more rounds is allowed
@@ -147,7 +148,8 @@ def start(sim: Simulation, run_dir: Path) -> tuple[RunState, dict[str, Any] | No
         lambda: resume_point(sim.cfg, run_dir, sim), "reading the checkpoint"
     )
     if ckpt is not None and "store" in ckpt:  # one process (resume_point inlines otherwise)
-        sim.store.restore(ckpt["store"])  # per-client state stays on disk until asked for
+        # per-client state stays on disk until asked for; load() checked every file
+        sim.store.restore(ckpt["store"], checked=True)
     elif sim.fed.team is SOLO:
         sim.store.reset()  # starting over (or from an inline checkpoint): no stale state files
     if ckpt is None:
