@@ -21,6 +21,16 @@ SMALL = [
 ]
 
 
+def snapshot(d: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file of a run directory with its bytes and mtime, but ``.lock`` (the pid of the
+    last process that held it: a refused command takes the lock before it refuses)."""
+    return {
+        str(f.relative_to(d)): (f.read_bytes(), f.stat().st_mtime_ns)
+        for f in sorted(d.rglob("*"))
+        if f.is_file() and f.name != ".lock"
+    }
+
+
 def _forked_main(args: Sequence[str], cwd: str, env: dict[str, str], out: str, err: str) -> int:
     """In a fresh process forked from a server that has imported afd_cli and torch: ``afd``
     with ``args`` in ``cwd`` with ``env``, its stdout and stderr into the files ``out``/``err``;

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from helpers import AFD
+from helpers import AFD, snapshot
 from helpers import SMALL as SMALL_RUN
 
 from afd_cli.metrics import COLUMNS, TIMING_COLUMNS
@@ -39,14 +39,6 @@ SLOT = 1000  # entries per slot in the store's tests (4,000 bytes in fp32)
 
 def afd(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*AFD, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
-
-
-def snapshot(d: Path) -> dict[str, tuple[bytes, int]]:
-    return {
-        str(f.relative_to(d)): (f.read_bytes(), f.stat().st_mtime_ns)
-        for f in sorted(d.rglob("*"))
-        if f.is_file()
-    }
 
 
 def one_line_error(p: subprocess.CompletedProcess, code: int = 2) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import AFD
+from helpers import AFD, snapshot
 from helpers import SMALL as SMALL_RUN
 
 from afd_cli.metrics import (
@@ -42,16 +42,6 @@ def finished(tmp_path_factory) -> Path:
 def run(finished, tmp_path) -> Path:
     shutil.copytree(finished, tmp_path / "r")
     return tmp_path / "r"
-
-
-def snapshot(d: Path) -> dict[str, tuple[bytes, int]]:
-    """Every file of a run directory but ``.lock`` (the pid of the last process that held
-    it: a refused command takes the lock before it refuses)."""
-    return {
-        str(f.relative_to(d)): (f.read_bytes(), f.stat().st_mtime_ns)
-        for f in sorted(d.rglob("*"))
-        if f.is_file() and f.name != ".lock"
-    }
 
 
 def one_line_error(p: subprocess.CompletedProcess) -> str:
