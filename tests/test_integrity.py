@@ -21,7 +21,8 @@ from helpers import SMALL as SMALL_RUN
 
 from afd_cli.metrics import COLUMNS, TIMING_COLUMNS
 from afd_cli.run import checkpoint
-from afd_cli.state import StateChecksumError, StateFileError, StateStore, check_index
+from afd_cli.state import StateStore
+from afd_cli.statefiles import StateChecksumError, StateFileError, check_index
 
 SMALL = [o for o in SMALL_RUN if not o.startswith("progress=")] + ["progress=none"]
 # every kind of per-client state (DGC u/v, downlink copies, AFD multi score maps) with a 0 MB

@@ -85,7 +85,7 @@ def hydra_task(cfg: DictConfig) -> None:
     from .run import rundir
     from .run.degenerate import degenerate_line, status_of
     from .run.loop import run
-    from .state import StateChecksumError
+    from .statefiles import StateChecksumError
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)

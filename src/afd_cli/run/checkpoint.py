@@ -36,11 +36,11 @@ from .. import compression, registry, strategies
 from ..config import ConfigError, RootConfig
 from ..federated import team
 from ..federated.round import SOLO
-from ..state import (
+from ..state import StateStore
+from ..statefiles import (
     CHUNK,
     StateChecksumError,
     StateFileError,
-    StateStore,
     check_index,
     checksum,
     fsync_path,
