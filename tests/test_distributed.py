@@ -156,6 +156,7 @@ def test_two_processes_give_the_one_process_run(refs, two, name):
     # rank 0 alone wrote the directory, and only once
     assert sorted(f.name for f in run_dir.iterdir()) == [
         ".hydra",
+        ".lock",  # the one-writer lock (held by rank 0 only), kept between runs
         "checkpoint.pt",
         "clients.csv",
         "metrics.csv",
