@@ -89,6 +89,11 @@ class NetworkConfig:
     device_gflops: float = option(10.0, "median client's local-training speed, GFLOP/s", gt=0)
     spread: float = option(0.5, "log-normal sigma of link and device speed (0 = equal)", ge=0)
     deadline_s: float | None = option(None, "drop clients that finish later; null = off", gt=0)
+    compute: bool = option(
+        True,
+        "charge local training time (FLOPs / device speed); false: latency + bytes / bandwidth "
+        "only, the AFD walkthrough's time model",
+    )
 
     def check(self, prefix: str) -> None:
         profiles = network_names()

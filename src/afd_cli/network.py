@@ -5,7 +5,12 @@ A client's time in a round (seconds) is
     latency + 8 * bytes_down / down_rate + flops / speed + latency + 8 * bytes_up / up_rate
 
 with rates in bit/s and speed in FLOP/s; ``latency`` is the profile's round-trip time, charged
-once per message. A synchronous round lasts as long as its slowest client. With a deadline,
+once per message. ``network.compute=false`` leaves local training out (``flops / speed``): the
+time model of the AFD paper's walkthrough, in which communication time is sending time, set by
+data size and bandwidth, with propagation small beside it -- the bottleneck compression
+attacks. No codec shrinks local compute, so the two models bound what a codec can gain.
+
+A synchronous round lasts as long as its slowest client. With a deadline,
 clients that would finish later are dropped (stragglers): their download happened, their
 upload does not, and the round lasts until the deadline.
 
@@ -41,6 +46,7 @@ class Profile:
     device_gflops: float
     spread: float = 0.0
     deadline_s: float | None = None
+    compute: bool = True  # charge local training (flops / speed); false: communication only
 
     @classmethod
     def of(cls, cfg: Any) -> Profile | None:
@@ -54,6 +60,7 @@ class Profile:
             float(cfg.device_gflops),
             float(cfg.spread),
             None if cfg.deadline_s is None else float(cfg.deadline_s),
+            bool(getattr(cfg, "compute", True)),
         )
 
 
@@ -88,7 +95,7 @@ def client_seconds(p: Profile, link: Link, bytes_down: int, bytes_up: int, flops
     return (
         latency
         + 8 * bytes_down / link.down_bps
-        + flops / link.flops_per_s
+        + (flops / link.flops_per_s if p.compute else 0.0)
         + latency
         + 8 * bytes_up / link.up_bps
     )

@@ -7,6 +7,7 @@ seeds share one test set. :class:`Simulation` holds the parts (the benchmark bui
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,6 +33,27 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device='cuda' but no CUDA GPU is visible; choose one of: auto, cpu")
     return torch.device(name)
+
+
+ISA_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR")  # kernel choice pins
+
+
+def cpu_identity() -> dict[str, object]:
+    """What decides the CPU kernels' numbers (docs: reproducibility): the CPU's model and
+    vector extensions, and the environment variables that pin the kernels' instruction set.
+    Recorded in summary.json, so two runs that differ can be told apart by it."""
+    model, flags = "", []
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and not model:
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = line.split(":", 1)[1].split()
+    except OSError:
+        pass
+    vector = sorted(f for f in flags if f.startswith(("avx", "amx")) or f in ("fma", "f16c"))
+    pins = {k: os.environ[k] for k in ISA_ENV if k in os.environ}
+    return {"model": model, "vector": vector, "pins": pins, "torch": torch.__version__}
 
 
 def cpu_has_bf16() -> bool | None:

@@ -18,7 +18,7 @@ from ..config import RootConfig
 from ..federated import distributed
 from ..metrics import sim_time_to, write_json_atomic
 from . import callbacks as cb
-from .build import Simulation, build, majority_share
+from .build import Simulation, build, cpu_identity, majority_share
 from .degenerate import degenerate_reason, first_and_explosion
 from .resume import comparable, start
 from .rundir import METRICS, PARTITION, SUMMARY
@@ -113,6 +113,7 @@ def summarize(
         "client_state_peak_memory_bytes": sim.store.peak_resident,  # this process's peak
         "client_state_disk_bytes": sim.store.disk_bytes(),
         "device": str(sim.device),
+        "cpu": cpu_identity(),  # what decides the kernels' numbers (docs: reproducibility)
         "processes": distributed.size(),
         "config": asdict(cfg),
     }
