@@ -20,20 +20,22 @@ $(STAMP): pyproject.toml
 data: $(STAMP)
 	for d in $(DATASETS); do $(BIN)/afd data fetch $$d || exit 1; done
 
-# The whole suite, then the documentation site built strictly (what CI runs; 7-15 min on 2
-# cores). Markers (pyproject.toml, applied in tests/conftest.py) pick subsets: slow, cuda,
-# distributed, data, network.
+# The whole suite, then the documentation site built strictly (what CI runs). Tests run on
+# every core (pytest-xdist, -n auto; the slowest test is the floor); PYTEST_ARGS= runs them
+# in one process. Markers (pyproject.toml, applied in tests/conftest.py) pick subsets: slow,
+# cuda, distributed, data, network.
+PYTEST_ARGS ?= -n auto --dist worksteal
 test: $(STAMP)
 	$(BIN)/afd data fetch digits >/dev/null
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -q -d .site-check
 
-# Daily work: everything but the slow, torchrun and GPU tests: 4.5 min on 2 shared cores
-# (~16 min for `make test` there), no test over 10 s. `make test` before pushing.
+# Daily work: everything but the slow, torchrun and GPU tests (no test over 10 s); `make test`
+# before pushing.
 # One file or test: $(BIN)/python -m pytest tests/test_x.py -k name
 test-fast: $(STAMP)
 	$(BIN)/afd data fetch digits >/dev/null
-	$(BIN)/python -m pytest -m "not slow and not distributed and not cuda"
+	$(BIN)/python -m pytest $(PYTEST_ARGS) -m "not slow and not distributed and not cuda"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

@@ -85,3 +85,13 @@ def afd_forked(
     out.unlink()
     err.unlink()
     return result
+
+
+def afd_run(
+    cwd: Path, *args: str, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """``afd args`` in ``cwd``, as ``subprocess.run`` would give it, forked from the preloaded
+    server (:func:`afd_forked`): the whole command runs, training included, in a process of its
+    own, without paying torch's import each time. For tests that signal or kill the process,
+    use a real ``subprocess.Popen``."""
+    return afd_forked(list(args), cwd, dict(os.environ if env is None else env), timeout)

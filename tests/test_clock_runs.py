@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import AFD
+from helpers import afd_run
 from test_flops import mlp_flops
 
 from afd_cli import network
@@ -23,7 +23,7 @@ G3 = NetworkConfig(
 
 
 def afd(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*AFD, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+    return afd_run(cwd, *args, timeout=300)
 
 
 @pytest.fixture(scope="module")

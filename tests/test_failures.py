@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from helpers import AFD, SMALL
+from helpers import AFD, SMALL, afd_run
 from test_report import fake_run  # pytest puts tests/ on sys.path
 
 from afd_cli import compose
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def afd(cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([*AFD, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout)
+    return afd_run(cwd, *args, timeout=timeout)
 
 
 # --- non-finite values -----------------------------------------------------------------------

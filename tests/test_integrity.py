@@ -16,8 +16,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from helpers import AFD, snapshot
 from helpers import SMALL as SMALL_RUN
+from helpers import afd_run, snapshot
 
 from afd_cli.metrics import COLUMNS, TIMING_COLUMNS
 from afd_cli.run import checkpoint
@@ -39,7 +39,7 @@ SLOT = 1000  # entries per slot in the store's tests (4,000 bytes in fp32)
 
 
 def afd(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*AFD, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+    return afd_run(cwd, *args, timeout=300)
 
 
 def one_line_error(p: subprocess.CompletedProcess, code: int = 2) -> str:

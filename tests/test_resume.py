@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import AFD, snapshot
 from helpers import SMALL as SMALL_RUN
+from helpers import afd_run, snapshot
 
 from afd_cli.metrics import (
     CLIENT_COLUMNS,
@@ -26,7 +26,7 @@ KEEP = [c for c in COLUMNS if c not in TIMING_COLUMNS]
 
 
 def afd(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*AFD, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+    return afd_run(cwd, *args, timeout=300)
 
 
 @pytest.fixture(scope="module")
