@@ -177,6 +177,7 @@ def test_synthetic_takes_only_its_own_clients_and_vector_models() -> None:
 
 def test_a_million_client_round_generates_only_the_sampled_clients(tmp_path) -> None:
     from afd_cli.federated.round import sample_clients
+    from afd_cli.run import feasible
     from afd_cli.run.build import build
 
     cfg = validate(
@@ -192,6 +193,7 @@ def test_a_million_client_round_generates_only_the_sampled_clients(tmp_path) -> 
             ]
         )
     )
+    feasible.check(cfg)  # counts the clients' samples without making them
     sim = build(cfg)
     sim.round(0)
     sampled = set(sample_clients(cfg.seed, 0, 1_000_000, 5))
@@ -201,6 +203,24 @@ def test_a_million_client_round_generates_only_the_sampled_clients(tmp_path) -> 
     assert len(sim.test) == len(
         data.load("synthetic", tmp_path, test_clients=20, max_samples=300).test
     )
+
+
+def test_clients_left_without_a_training_sample_are_refused() -> None:
+    from afd_cli.run import feasible
+
+    cfg = validate(
+        compose.compose(
+            [
+                "dataset=synthetic",
+                "dataset.min_samples=2",
+                "dataset.size_sigma=0",
+                "dataset.size_mean=-9",
+                "dataset.test_fraction=0.6",
+            ]
+        )
+    )
+    with pytest.raises(ConfigError, match="without a training sample"):
+        feasible.check(cfg)
 
 
 SMALL = [

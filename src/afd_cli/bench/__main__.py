@@ -19,7 +19,7 @@ from .checkpoint import _print_checkpoint, checkpoint_cost
 from .codec import _print_codec, codec_sizes
 from .loop import _print_afd_vs_bare, afd_vs_researcher
 from .rounds import _print_rounds, child, rounds_in_subprocesses
-from .scale import SCALE_CLIENTS, _print_scale, scale_child, scale_in_subprocesses
+from .scale import SCALE_CLIENTS, _print_scale, cpu_model, scale_child, scale_in_subprocesses
 from .trainers import _print_trainers, trainer_throughput
 
 
@@ -55,12 +55,16 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "repeats": args.repeats,
-        "setup": "mnist iid, 100 clients, 10 per round, E=1, B=10, lr 0.05",
+        "setup": "mnist iid, 100 clients, 10 per round, E=1, B=10, lr 0.05"
+        if only - {"g"}
+        else f"synthetic, {args.clients} clients, 100 per round, dgc",
+        "cpu": cpu_model(),
+        "load_avg": os.getloadavg(),
     }
     console.print(
         f"[bold]afd benchmark[/]: {results['setup']}; medians of {args.repeats} rounds; "
-        f"{results['cpu_count']} CPUs, torch {torch.__version__} ({results['torch_threads']} "
-        "threads)"
+        f"{results['cpu_count']} CPUs ({results['cpu']}, load {results['load_avg'][0]:.2f}), "
+        f"torch {torch.__version__} ({results['torch_threads']} threads)"
     )
     cuda = torch.cuda.is_available()
     if "a" in only:
