@@ -255,3 +255,32 @@ def test_a_synthetic_run_resumes_exactly(tmp_path) -> None:
     part = pd.read_csv(tmp_path / "s" / "partition.csv")
     assert list(part.columns) == ["client", "n"] and len(part) == 100_000
     assert len(pd.read_csv(tmp_path / "s" / "clients.csv")) == 4 * 4  # rows: sampled clients only
+
+
+def test_the_batched_trainer_reads_generated_clients_as_the_sequential_one() -> None:
+    """The batched trainer (the GPU's) cuts every step across the chunk's clients: its batches
+    span clients, which :meth:`ClientSamples.batch` serves from each client's own samples."""
+    from afd_cli.run.build import build
+
+    def weights(trainer: str) -> dict[str, torch.Tensor]:
+        cfg = validate(
+            compose.compose(
+                [
+                    "dataset=synthetic",
+                    "model=mlp",
+                    "model.hidden=16",
+                    "dataset.max_samples=120",
+                    "dataset.test_clients=5",
+                    "schedule.clients_per_round=6",
+                    f"trainer={trainer}",
+                    "threads=1",
+                ]
+            )
+        )
+        sim = build(cfg)
+        sim.round(0)
+        return {k: w.clone() for k, w in sim.weights.items()}
+
+    a, b = weights("sequential"), weights("batched")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)

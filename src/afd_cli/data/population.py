@@ -33,8 +33,9 @@ LOCAL = (1 << SHIFT) - 1
 
 
 class Population:
-    """Clients made on demand. A subclass says how many samples client ``k`` has
-    (:meth:`sizes`) and what they are (:meth:`generate`); both pure functions of the seed."""
+    """Clients made on demand. A subclass says how many samples its clients have
+    (:meth:`draw_sizes`) and what they are (:meth:`generate`): pure functions of its seed
+    and the client id."""
 
     num_classes: int
     input_shape: tuple[int, ...]
