@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DATASETS ?= mnist digits
 
-.PHONY: setup data test test-fast lint format docs run benchmark gpu-check clean
+.PHONY: setup data test test-fast lint format docs run benchmark benchmark-scale gpu-check clean
 
 setup: $(STAMP) data
 	@echo "afd is installed in $(BIN)/; to type plain 'afd' in this shell:  . $(BIN)/activate"
@@ -62,6 +62,13 @@ run: setup
 benchmark: $(STAMP)
 	$(BIN)/afd data fetch mnist >/dev/null
 	$(BIN)/python -m afd_cli.bench
+
+# (g) alone: Synthetic(1,1) at 1,000 / 10,000 / 100,000 clients, 100 per round, DGC: seconds
+# per round and peak RSS, each size in its own process (~2 min on 2 cores; nothing to fetch).
+# More sizes: make benchmark-scale CLIENTS=1000,100000,1000000
+CLIENTS ?= 1000,10000,100000
+benchmark-scale: $(STAMP)
+	$(BIN)/python -m afd_cli.bench --only g --clients $(CLIENTS)
 
 # On a machine with a CUDA GPU: every CUDA test, in every file (marker `cuda`; they skip
 # elsewhere), and the GPU benchmark (d).

@@ -3,8 +3,8 @@ each experiment preset -- composes, validates and runs one tiny round.
 
 Generated from conf/ and the registry, so a new plug-in or preset is covered without a test
 of its own. digits/mlp wherever the option allows; an option that needs another input (text,
-natural clients) gets the first dataset, model and partition that fit it. Options whose
-dataset is not cached here skip (``data`` marker): CI fetches digits only.
+natural clients, generated clients) gets the first dataset, model and partition that fit it.
+Options whose dataset is not cached here skip (``data`` marker): CI fetches digits only.
 """
 
 from __future__ import annotations
@@ -70,6 +70,19 @@ def _fit(group: str, name: str) -> list[str]:
             ),
         }
         chosen = {**pick, group: name}
+    generated = registry.get("dataset", chosen["dataset"]).obj.generated or getattr(
+        registry.get("partition", chosen["partition"]).obj, "needs_clients", False
+    )
+    if generated:  # a dataset that makes its clients, and the partition that takes them
+        pick = {
+            "dataset": next(n for n, p in registry.plugins("dataset").items() if p.obj.generated),
+            "partition": next(
+                n
+                for n, p in registry.plugins("partition").items()
+                if getattr(p.obj, "needs_clients", False)
+            ),
+        }
+        chosen = {**chosen, **pick, group: name}
     out = [f"{g}={v}" for g, v in chosen.items() if g != group]
     return out + (TEXT if text else [])
 
@@ -80,7 +93,8 @@ def _params() -> list:
     for group, name in _options():
         fit = dict(o.split("=", 1) for o in _fit(group, name))
         dataset = name if group == "dataset" else fit.get("dataset", "")
-        marks = [pytest.mark.data] if dataset != "digits" else []
+        bundled = registry.get("dataset", dataset).obj.bundled_path is not None if dataset else 0
+        marks = [pytest.mark.data] if dataset != "digits" and not bundled else []
         marks += [pytest.mark.slow] if group == "experiment" else []  # a paper's full setting
         out.append(pytest.param((group, name), marks=marks, id=f"{group}={name}"))
     return out

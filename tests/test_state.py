@@ -14,7 +14,7 @@ from afd_cli import strategies
 from afd_cli.compression import RoundContext, make
 from afd_cli.compression.state import ClientStore
 from afd_cli.models import build as build_model
-from afd_cli.state import StateFileError, StateStore
+from afd_cli.state import SlotTable, StateFileError, StateStore
 from afd_cli.submodel import View
 
 SLOT = 1000  # entries per slot in the small tests (4,000 bytes in fp32)
@@ -398,3 +398,46 @@ def test_skipped_clients_and_an_all_skipped_round_span_the_chunks():
     check(1, 2)
     with pytest.raises(Diverged, match="every client of the round"):
         check(3, 3)
+
+
+def test_the_index_costs_the_clients_touched_and_pickles_as_arrays(tmp_path, monkeypatch):
+    """A cross-device run's index names 10^5 clients; a checkpoint must not walk (or pickle
+    entry by entry) all of them to save the ~100 a round touched."""
+    import io
+    import pickle
+
+    st = StateStore(None, tmp_path, "fp32")
+    st.space("x", 4)
+    for c in range(300):
+        st.get("x", c, create=True)
+    first = st.commit()
+    st.committed()
+    st.put("x", 7, torch.ones(4))
+    st.get("x", 301, create=True)
+    writes: list[int] = []
+    write = StateStore._write
+    monkeypatch.setattr(
+        StateStore, "_write", lambda s, ns, c, slot: (writes.append(c), write(s, ns, c, slot))
+    )
+    index = st.commit()
+    assert sorted(writes) == [7, 301]  # the touched slots only
+    st.committed()
+    assert index["slots"]["x"][7] != first["slots"]["x"][7] and len(index["slots"]["x"]) == 301
+    assert {c: g for c, g in index["slots"]["x"].items() if c != 7 and c < 300} == {
+        c: g for c, g in first["slots"]["x"].items() if c != 7
+    }
+    big = SlotTable((c, c * 7 if c % 3 else None) for c in range(100_000))
+    raw = pickle.dumps(big)
+    assert all(type(a).__name__ == "ndarray" for a in big.__reduce__()[1])  # not 10^5 entries
+    assert pickle.loads(raw) == big and type(pickle.loads(raw)) is SlotTable
+    buf = io.BytesIO()
+    torch.save(index, buf)
+    buf.seek(0)
+    again = torch.load(buf, weights_only=False)
+    assert again["sums"] == index["sums"] and again["slots"] == index["slots"]
+    fresh = StateStore(None, tmp_path, "fp32")
+    fresh.space("x", 4)
+    fresh.restore(again)
+    assert (
+        torch.equal(fresh.get("x", 7), torch.ones(4)) and fresh.commit()["slots"] == index["slots"]
+    )

@@ -300,11 +300,13 @@ def _show(value: Any) -> str:
 
 def _check_fit(c: RootConfig) -> None:
     """A model must take its dataset's input; a partition by natural groups needs a dataset
-    that has them."""
+    that has them; a dataset that generates its clients takes only ``partition=generated``
+    (any other would split all of its samples, i.e. generate every client)."""
     data = registry.get("dataset", c.dataset.name)
     model = registry.get("model", c.model.name)
-    if model.input != data.input:
-        ok = ", ".join(n for n, p in registry.plugins("model").items() if p.input == data.input)
+    if not registry.takes(model, data.input):
+        models = registry.plugins("model").items()
+        ok = ", ".join(n for n, p in models if registry.takes(p, data.input))
         raise ConfigError(
             f"model={c.model.name!r} does not fit dataset={c.dataset.name!r}; choose one of: {ok}"
         )
@@ -317,6 +319,24 @@ def _check_fit(c: RootConfig) -> None:
             f"({', '.join(with_groups)}), not dataset={c.dataset.name!r}; choose one of: "
             f"{', '.join(ok)}"
         )
+    made = [n for n, p in registry.plugins("partition").items() if _needs_clients(p)]
+    if _needs_clients(part) and not data.obj.generated:
+        gen = [n for n, p in registry.plugins("dataset").items() if p.obj.generated]
+        raise ConfigError(
+            f"partition={c.partition.name} takes the clients of a dataset that generates them "
+            f"({', '.join(gen)}), not dataset={c.dataset.name!r}; choose a partition of: "
+            f"{', '.join(n for n in registry.names('partition') if n not in made)}"
+        )
+    if data.obj.generated and not _needs_clients(part):
+        raise ConfigError(
+            f"dataset={c.dataset.name} generates its clients when sampled; "
+            f"partition={c.partition.name} would split all of them; choose partition="
+            f"{' or '.join(made)}"
+        )
+
+
+def _needs_clients(partition: registry.Plugin) -> bool:
+    return bool(getattr(partition.obj, "needs_clients", False))
 
 
 def _needs_groups(partition: registry.Plugin) -> bool:

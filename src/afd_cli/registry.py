@@ -78,7 +78,8 @@ class Plugin:
     name: str
     obj: Any  # the class, factory function or dataset spec
     options: type[Options]
-    input: str = "image"  # models and datasets: image | text (a model must fit its dataset)
+    # a dataset's input: image | text | vector; a model's: the one it takes, or a tuple of them
+    input: str | tuple[str, ...] = "image"
     origin: str = BUILTIN  # the distribution that registered it
     module: str = ""  # where it is defined
 
@@ -109,7 +110,7 @@ def register(
     group: str,
     *names: str,
     options: type | None = None,
-    input: str = "image",
+    input: str | tuple[str, ...] = "image",
     module: str | None = None,
 ):
     """Decorator (or call on an object) registering ``obj`` as ``group=<name>`` for each name.
@@ -145,8 +146,13 @@ def compressor(*names: str, options: type | None = None) -> Callable[[Any], Any]
     return register("compression", *names, options=options)
 
 
-def model(*names: str, options: type | None = None, input: str = "image"):
+def model(*names: str, options: type | None = None, input: str | tuple[str, ...] = "image"):
     return register("model", *names, options=options, input=input)
+
+
+def takes(model: Plugin, input: Any) -> bool:
+    """Whether a ``model=`` option takes a dataset's ``input`` (image, text, vector)."""
+    return input == model.input if isinstance(model.input, str) else input in model.input
 
 
 def partition(*names: str, options: type | None = None) -> Callable[[Any], Any]:

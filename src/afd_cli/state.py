@@ -18,6 +18,11 @@ Files are never overwritten: each write of a slot goes to a new *generation*
 2. the caller saves the index inside its small ``checkpoint.pt`` (tmp file + ``os.replace``);
 3. :meth:`StateStore.committed` then deletes the generations the new index no longer names.
 
+A checkpoint costs the clients touched since the last one, not every client that holds state
+(10^5 in a cross-device run): the store keeps the set of slots made or changed in memory and
+the set written since the last commit, and the index's tables (:class:`SlotTable`) as they
+change, so commit copies them and pickles them as arrays.
+
 A file named by the index on disk is never deleted or changed before a newer index replaces
 it, so a kill -9 at any moment leaves a checkpoint whose files are all there and whole;
 :meth:`StateStore.restore` trusts only the files its index names and deletes the rest
@@ -87,6 +92,27 @@ class Space:
         return self.numel * self.dtype.itemsize
 
 
+class SlotTable(dict):
+    """``{client: int}`` of one namespace in an index (each slot's file generation, or its
+    CRC-32). A dict, pickled as two int64 arrays: a checkpoint names every client that holds
+    state (10^5 of them in a cross-device run), and pickling that many dict entries through
+    ``torch.save`` (which calls back into Python for every object) cost 0.3-0.4 s a checkpoint
+    at 10^5 clients; two arrays cost 0.06 s."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        keys = np.fromiter(self.keys(), dtype=np.int64, count=len(self))
+        values = np.fromiter(
+            (-1 if v is None else v for v in self.values()), dtype=np.int64, count=len(self)
+        )
+        return (_slot_table, (keys, values))
+
+
+def _slot_table(keys: np.ndarray, values: np.ndarray) -> SlotTable:
+    return SlotTable(
+        zip(keys.tolist(), (None if v < 0 else v for v in values.tolist()), strict=True)
+    )
+
+
 @dataclass
 class _Slot:
     flat: torch.Tensor | None = None  # in memory, or None (only on disk)
@@ -132,6 +158,12 @@ class StateStore:
         self._resident = 0
         self._next_gen = 1
         self._orphans: list[tuple[str, int, int | None]] = []  # cleared slots' committed files
+        # what a checkpoint must look at, kept as it changes, so that a checkpoint costs the
+        # clients touched since the last one, not every client that ever held state:
+        self._touched: set[tuple[str, int]] = set()  # made or changed in memory
+        self._written: set[tuple[str, int]] = set()  # written since the last committed()
+        self._gens: dict[str, SlotTable] = {}  # every written slot's newest file ...
+        self._sums: dict[str, SlotTable] = {}  # ... and its CRC-32 (the index's tables)
         self.peak_resident = 0
         self.bytes_written = 0  # every slot file written (spills and checkpoints)
         self.bytes_read = 0
@@ -157,6 +189,8 @@ class StateStore:
         sp = Space(name, int(numel), dtype, torch.device(device), fill, layout)
         self._spaces[name] = sp
         self._slots.setdefault(name, {})
+        self._gens.setdefault(name, SlotTable())
+        self._sums.setdefault(name, SlotTable())
         return sp
 
     def get_space(self, name: str) -> Space | None:
@@ -183,6 +217,7 @@ class StateStore:
                 raise KeyError(f"client {client} has no {ns!r} state")
             slot = _Slot(torch.full((sp.numel,), sp.fill, dtype=sp.dtype, device=sp.device))
             self._slots[ns][client] = slot
+            self._touched.add((ns, client))
             self._admit(ns, client, slot)
         elif slot.flat is None:
             slot.flat = self._read(sp, client, slot).to(sp.device)
@@ -204,6 +239,7 @@ class StateStore:
     def mark_dirty(self, ns: str, client: int) -> None:
         """The slot's values changed (it must be written again before a checkpoint names it)."""
         self._slots[ns][client].dirty = True
+        self._touched.add((ns, client))
 
     def put(self, ns: str, client: int, values: torch.Tensor) -> None:
         """Replace the client's slot with ``values`` (flat, ``numel`` entries)."""
@@ -220,6 +256,7 @@ class StateStore:
             slot.flat = values.detach().reshape(-1).to(sp.device, sp.dtype, copy=True)
             self._admit(ns, client, slot)
         slot.dirty = True
+        self._touched.add((ns, client))
 
     def clear(self, ns: str) -> None:
         """Forget every slot of ``ns`` (their files go at the next :meth:`committed`)."""
@@ -231,6 +268,7 @@ class StateStore:
                 self._unlink(ns, client, slot.gen)
             self._orphans.append((ns, client, slot.committed))
         self._slots[ns] = {}
+        self._gens[ns], self._sums[ns] = SlotTable(), SlotTable()
 
     # -- accounting ---------------------------------------------------------------------------
     def nbytes(self, ns: str | None = None) -> int:
@@ -295,6 +333,8 @@ class StateStore:
         self.bytes_written += raw.nbytes
         old, slot.gen, slot.dirty = slot.gen, gen, False
         slot.crc, slot.synced = checksum(raw), False
+        self._gens[ns][client], self._sums[ns][client] = gen, slot.crc
+        self._written.add((ns, client))
         if old is not None and old != slot.committed:
             self._unlink(ns, client, old)
 
@@ -327,10 +367,15 @@ class StateStore:
     def commit(self) -> dict[str, Any]:
         """Write every slot changed since it was last written; return the index naming the
         file of every slot and its CRC-32 (to be saved atomically by the caller, then
-        :meth:`committed`). With ``fsync``, those files are on the disk first."""
-        for (ns, client), slot in self._lru.items():
-            if slot.dirty or slot.gen is None:
+        :meth:`committed`). With ``fsync``, those files are on the disk first.
+
+        Costs the slots touched since the last commit, plus a copy of the two tables.
+        """
+        for ns, client in sorted(self._touched):
+            slot = self._slots.get(ns, {}).get(client)
+            if slot is not None and slot.flat is not None and (slot.dirty or slot.gen is None):
                 self._write(ns, client, slot)
+        self._touched.clear()
         if self.fsync:
             self._sync()
         return {
@@ -340,21 +385,21 @@ class StateStore:
                 n: {"numel": sp.numel, "dtype": DTYPE_NAMES[sp.dtype], "layout": sp.layout}
                 for n, sp in self._spaces.items()
             },
-            "slots": {n: {c: s.gen for c, s in slots.items()} for n, slots in self._slots.items()},
+            "slots": {n: SlotTable(self._gens.get(n, {})) for n in self._slots},
             "checksum": CHECKSUM,
-            "sums": {n: {c: s.crc for c, s in slots.items()} for n, slots in self._slots.items()},
+            "sums": {n: SlotTable(self._sums.get(n, {})) for n in self._slots},
         }
 
     def _sync(self) -> None:
         """fsync every slot file not yet on the disk (spills since the last commit, and the
         commit's own writes), then the directories that name them."""
         dirs = set()
-        for ns, slots in self._slots.items():
-            for client, slot in slots.items():
-                if not slot.synced and slot.gen is not None:
-                    fsync_path(self._path(ns, client, slot.gen))
-                    slot.synced = True
-                    dirs.add(ns)
+        for ns, client in sorted(self._written):  # only a written file can be unsynced
+            slot = self._slots.get(ns, {}).get(client)
+            if slot is not None and not slot.synced and slot.gen is not None:
+                fsync_path(self._path(ns, client, slot.gen))
+                slot.synced = True
+                dirs.add(ns)
         for ns in sorted(dirs):
             fsync_path(self.directory / ns)
         if dirs:
@@ -366,15 +411,22 @@ class StateStore:
             if gen is not None:
                 self._unlink(ns, client, gen)
         self._orphans = []
-        for ns, slots in self._slots.items():
-            for client, slot in slots.items():
-                if slot.committed is not None and slot.committed != slot.gen:
-                    self._unlink(ns, client, slot.committed)
-                slot.committed = slot.gen
+        for ns, client in self._written:  # no other slot's file changed
+            slot = self._slots.get(ns, {}).get(client)
+            if slot is None:
+                continue
+            if slot.committed is not None and slot.committed != slot.gen:
+                self._unlink(ns, client, slot.committed)
+            slot.committed = slot.gen
+        self._written.clear()
 
     def reset(self) -> None:
         """Start empty: forget every slot and delete every file (a run starting over)."""
         self._slots = {n: {} for n in self._slots}
+        self._gens = {n: SlotTable() for n in self._slots}
+        self._sums = {n: SlotTable() for n in self._slots}
+        self._touched.clear()
+        self._written.clear()
         self._lru.clear()
         self._resident = 0
         self._orphans = []
@@ -393,6 +445,8 @@ class StateStore:
         self._lru.clear()
         self._resident = 0
         self._orphans = []
+        self._touched.clear()
+        self._written.clear()
         for n, meta in index["spaces"].items():
             old = self._spaces.get(n)
             new = (int(meta["numel"]), DTYPES[meta["dtype"]], meta["layout"])
@@ -422,6 +476,16 @@ class StateStore:
                 named.add(path)
                 if slot.crc is None:
                     slot.crc = file_checksum(path)
+        self._gens = {
+            n: SlotTable((c, s.gen) for c, s in sl.items()) for n, sl in self._slots.items()
+        }
+        self._sums = {
+            n: SlotTable((c, s.crc) for c, s in sl.items()) for n, sl in self._slots.items()
+        }
+        for n in self._spaces:
+            self._slots.setdefault(n, {})
+            self._gens.setdefault(n, SlotTable())
+            self._sums.setdefault(n, SlotTable())
         if self._dir is not None and self._dir.exists():
             for p in self._dir.rglob("*.bin"):
                 if p not in named:

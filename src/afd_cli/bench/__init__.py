@@ -17,13 +17,16 @@
 (f) checkpoint cost in ``experiment=paper_mnist compression=dgc`` once all 100 clients hold
     DGC state (filled directly): seconds and MB of the incremental checkpoint after a round,
     next to the round itself (with evaluation) and to a full checkpoint with every client's
-    state inline (what every checkpoint was before the client-state store).
+    state inline (what every checkpoint was before the client-state store);
+(g) cross-device scale (:mod:`.scale`): Synthetic(1, 1) at 1,000, 10,000 and 100,000 clients,
+    100 per round, DGC: seconds per round and peak RSS of a real run, each size in its own
+    process (``make benchmark-scale``).
 
 Setup of (a), (b): MNIST iid, 100 clients, 10 per round, E=1, B=10, lr 0.05. Times are
 medians over ``--repeats`` rounds after one warm-up round. Results are printed and written to
 ``outputs/benchmarks/<time>.json``.
 
-    python -m afd_cli.bench [--repeats 3] [--out outputs/benchmarks] [--only a,b,c,d,e,f]
+    python -m afd_cli.bench [--repeats 3] [--out outputs/benchmarks] [--only a,b,c,d,e,f,g]
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from .checkpoint import _print_checkpoint, checkpoint_cost
 from .codec import _print_codec, codec_sizes
 from .loop import _print_afd_vs_bare, afd_vs_researcher
 from .rounds import _print_rounds, child, rounds_in_subprocesses
+from .scale import SCALE_CLIENTS, _print_scale, cpu_model, scale_child, scale_in_subprocesses
 from .trainers import _print_trainers, trainer_throughput
 
 
@@ -28,12 +29,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--repeats", type=int, default=3, help="timed rounds per measurement")
     ap.add_argument("--out", type=Path, default=Path("outputs/benchmarks"))
-    ap.add_argument("--only", default="a,b,c,d,e,f", help="sections to run, e.g. a,c")
+    ap.add_argument("--only", default="a,b,c,d,e,f,g", help="sections to run, e.g. a,c")
+    ap.add_argument(
+        "--clients",
+        default=",".join(map(str, SCALE_CLIENTS)),
+        help="(g): federation sizes, e.g. 1000,100000,1000000",
+    )
     ap.add_argument("--child", nargs=4, metavar=("STRATEGY", "COMPRESSION", "DEVICE", "ROUNDS"))
+    ap.add_argument("--scale-child", nargs=2, type=int, metavar=("CLIENTS", "ROUNDS"))
     args = ap.parse_args(argv)
     if args.child:
         s, c, d, n = args.child
         print(json.dumps(child(s, c, d, int(n))), flush=True)
+        return 0
+    if args.scale_child:
+        print(json.dumps(scale_child(*args.scale_child)), flush=True)
         return 0
 
     only = set(args.only.split(","))
@@ -45,12 +55,16 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "repeats": args.repeats,
-        "setup": "mnist iid, 100 clients, 10 per round, E=1, B=10, lr 0.05",
+        "setup": "mnist iid, 100 clients, 10 per round, E=1, B=10, lr 0.05"
+        if only - {"g"}
+        else f"synthetic, {args.clients} clients, 100 per round, dgc",
+        "cpu": cpu_model(),
+        "load_avg": os.getloadavg(),
     }
     console.print(
         f"[bold]afd benchmark[/]: {results['setup']}; medians of {args.repeats} rounds; "
-        f"{results['cpu_count']} CPUs, torch {torch.__version__} ({results['torch_threads']} "
-        "threads)"
+        f"{results['cpu_count']} CPUs ({results['cpu']}, load {results['load_avg'][0]:.2f}), "
+        f"torch {torch.__version__} ({results['torch_threads']} threads)"
     )
     cuda = torch.cuda.is_available()
     if "a" in only:
@@ -85,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     if "f" in only:
         results["checkpoint"] = checkpoint_cost(args.repeats)
         _print_checkpoint(results["checkpoint"])
+    if "g" in only:
+        sizes = tuple(int(n) for n in args.clients.split(","))
+        results["scale"] = scale_in_subprocesses(sizes, max(args.repeats, 5))
+        _print_scale(results["scale"])
     results["wall_s"] = time.perf_counter() - t_start
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}.json"

@@ -4,9 +4,13 @@ tensor indexing, never by a DataLoader (the federated loop draws many tiny clien
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from .population import Population
 
 
 class Samples:
@@ -22,6 +26,11 @@ class Samples:
 
     def to(self, device: torch.device | str) -> Samples:
         raise NotImplementedError
+
+    def local(self, idx: torch.Tensor) -> tuple[Samples, torch.Tensor]:
+        """Where one client's batches are read: (samples, indices into them). Here all in
+        one set, as given; a generated dataset answers with the client's own samples."""
+        return self, idx
 
     def subset(self, idx: torch.Tensor) -> Samples:
         """Samples restricted to ``idx`` (used to cap the test set)."""
@@ -77,7 +86,9 @@ class WindowSamples(Samples):
 
 @dataclass
 class FederatedDataset:
-    """A dataset ready for federated training: train/test samples plus optional natural groups."""
+    """A dataset ready for federated training: train/test samples plus optional natural
+    groups, or, for a dataset that generates its clients, the ``clients`` that make them
+    (then ``train`` is made per client when sampled: :mod:`.population`)."""
 
     name: str
     train: Samples
@@ -86,6 +97,7 @@ class FederatedDataset:
     input_shape: tuple[int, ...]
     groups: np.ndarray | None = None
     group_names: list[str] | None = None
+    clients: Population | None = None
 
 
 def cap_test(test: Samples, max_test_samples: int | None, seed: int) -> Samples:

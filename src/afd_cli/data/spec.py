@@ -52,8 +52,10 @@ class DatasetSpec:
 
     A ``bundled`` dataset ships inside an installed package: it has no cache file and no
     converter, and ``bundled_path`` says where the package keeps it. ``options``: its
-    ``dataset.*`` keys; ``input``: image | text (a model must take it); ``groups``: its
-    samples carry natural client ids (``partition=natural``).
+    ``dataset.*`` keys; ``input``: image | text | vector (a model must take it);
+    ``groups``: its samples carry natural client ids (``partition=natural``); ``generated``:
+    it makes its clients when sampled (``partition=generated``; its ``load`` gives a
+    ``FederatedDataset`` with ``clients``, :mod:`.population`).
     """
 
     name: str
@@ -65,3 +67,4 @@ class DatasetSpec:
     options: type[Options] = ImageOptions
     input: str = "image"
     groups: bool = False
+    generated: bool = False

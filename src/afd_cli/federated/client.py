@@ -137,13 +137,13 @@ class SequentialTrainer:
             module.parameters(), lr=sgd.lr, momentum=sgd.momentum, weight_decay=sgd.weight_decay
         )
         gen = torch.Generator().manual_seed(job.seed)
-        idx = job.indices
+        data, idx = self.data.local(job.indices)
         total, steps = torch.zeros((), device=self.device), 0
         module.train()
         for _ in range(sgd.epochs):
             order = idx[torch.randperm(len(idx), generator=gen)]
             for batch in order.split(sgd.batch_size):
-                x, y = self.data.batch(batch)
+                x, y = data.batch(batch)
                 if x.dim() == 4:
                     x = x.contiguous(memory_format=self.format)
                 with autocast(self.device, sgd.precision):

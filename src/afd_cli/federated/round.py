@@ -41,7 +41,7 @@ decodes and aggregates the gathered uploads ``STACK`` at a time.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -109,7 +109,7 @@ class Federation:
     """Everything a round is run with, built once per run (:func:`afd_cli.run.build.build`)."""
 
     weights: Params  # the global model, updated in place
-    parts: list[torch.Tensor]  # each client's train sample indices
+    parts: Sequence[torch.Tensor]  # each client's train sample indices (made on use, maybe)
     per_round: int
     seed: int
     strategy: Strategy

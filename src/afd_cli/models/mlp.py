@@ -46,6 +46,6 @@ class MLP(FLModel):
         return MLP(self.in_shape, self.num_classes, units)
 
 
-@registry.model("mlp", options=MLPOptions)
+@registry.model("mlp", options=MLPOptions, input=("image", "vector"))
 def mlp(in_shape: tuple[int, ...], num_classes: int, opts: MLPOptions) -> MLP:
     return MLP(in_shape, num_classes, {"fc1": opts.hidden, "fc2": opts.hidden})

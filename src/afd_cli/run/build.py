@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
 
 from .. import compression, data, models, network, registry, strategies
@@ -115,9 +116,13 @@ def load_data(cfg: RootConfig) -> data.FederatedDataset:
     return _loaded[key]
 
 
-def make_partition(cfg: RootConfig, ds: data.FederatedDataset) -> list[np.ndarray]:
+def make_partition(cfg: RootConfig, ds: data.FederatedDataset) -> Sequence[Any]:
+    """Each client's train sample indices: a list of arrays, or for a dataset that generates
+    its clients, :class:`~afd_cli.data.population.ClientParts` (made per client on use)."""
     p, s = cfg.partition, cfg.schedule
     plugin = registry.get("partition", p.name)
+    if ds.clients is not None:  # partition=generated (config checks the pairing)
+        return ds.clients.parts(s.num_clients)
     labels = ds.train.labels.cpu().numpy()
     natural = getattr(plugin.obj, "needs_groups", False)  # num_clients is only a cap there
     if not natural and s.num_clients > len(labels):
@@ -137,6 +142,14 @@ def make_partition(cfg: RootConfig, ds: data.FederatedDataset) -> list[np.ndarra
             f"{len(parts)} clients partition={p.name} produced; lower it or partition.min_samples"
         )
     return parts
+
+
+def device_parts(parts: Sequence[Any], device: torch.device) -> Sequence[Any]:
+    """Index tensors on the device; generated clients' indices are made when sampled (a
+    trainer moves a batch's indices where its samples are)."""
+    if isinstance(parts, data.ClientParts):
+        return parts
+    return [torch.as_tensor(p, dtype=torch.long, device=device) for p in parts]
 
 
 def new_model(cfg: RootConfig, ds: data.FederatedDataset, device: torch.device) -> models.FLModel:
@@ -180,7 +193,7 @@ class Simulation:
     cfg: RootConfig  # with precision=auto resolved for this machine
     device: torch.device
     ds: data.FederatedDataset
-    parts: list[np.ndarray]
+    parts: Sequence[Any]  # list of index arrays, or ClientParts (generated clients)
     model: models.FLModel
     fed: Federation  # what every round runs with
     store: StateStore
@@ -246,6 +259,8 @@ def build(
         )
     ds = ds if ds is not None else load_data(cfg)
     parts = make_partition(cfg, ds)
+    if ds.clients is not None:  # the held-out part of the federation's own clients
+        ds = replace(ds, test=ds.clients.test(len(parts)))
     torch.manual_seed(cfg.seed)
     model = new_model(cfg, ds, device)
     shapes = {k: tuple(p.shape) for k, p in model.named_parameters()}
@@ -261,7 +276,7 @@ def build(
     clock = network.Clock.of(cfg.network, cfg.seed)
     fed = Federation(
         weights={k: p.data for k, p in model.named_parameters()},
-        parts=[torch.as_tensor(p, dtype=torch.long, device=device) for p in parts],
+        parts=device_parts(parts, device),
         per_round=s.clients_per_round,
         seed=cfg.seed,
         strategy=strategy,

@@ -14,6 +14,7 @@ import torch
 
 from .. import models, registry
 from ..config import ConfigError, RootConfig
+from ..data import ClientParts
 from . import build
 
 COPIES_PER_CLIENT = 4  # received, trained, update, decoded update (federated/round.py)
@@ -24,7 +25,15 @@ def check(cfg: RootConfig) -> None:
     device = build.resolve_device(cfg.device)
     ds = build.load_data(cfg)
     parts = build.make_partition(cfg, ds)  # refuses impossible partitions, names the key
-    empty = sum(1 for p in parts if len(p) == 0)
+    if isinstance(parts, ClientParts):  # generated clients: counted, not made
+        empty = int((parts.num_train == 0).sum())
+        if empty:
+            raise ConfigError(
+                f"dataset.test_fraction={cfg.dataset.test_fraction} leaves {empty} of "
+                f"dataset={cfg.dataset.name}'s clients without a training sample; lower it or "
+                f"raise dataset.min_samples"
+            )
+    empty = 0 if isinstance(parts, ClientParts) else sum(1 for p in parts if len(p) == 0)
     if empty:
         raise ConfigError(
             f"schedule.num_clients={cfg.schedule.num_clients}: partition={cfg.partition.name} "

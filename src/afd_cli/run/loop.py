@@ -13,6 +13,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
 from .. import data
 from ..config import RootConfig
 from ..federated import distributed
@@ -36,9 +39,7 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
     sim = build(cfg, run_dir=run_dir)
     cfg = sim.cfg  # with precision=auto resolved for this machine
     if lead:
-        labels = sim.ds.train.labels.cpu().numpy()
-        table = data.partition_table(sim.parts, labels, sim.ds.num_classes)
-        table.to_csv(run_dir / PARTITION, index=False)
+        partition_csv(sim).to_csv(run_dir / PARTITION, index=False)
     state, pending = start(sim, run_dir)
     keep = state.round - bool(pending)  # rows of metrics.csv to keep
     steps: list[cb.Callback] = [
@@ -66,6 +67,16 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
     if lead:
         write_json_atomic(run_dir / SUMMARY, summary)
     return summary
+
+
+def partition_csv(sim: Simulation) -> pd.DataFrame:
+    """``partition.csv``: each client's train samples and label histogram; for generated
+    clients only the counts (their labels exist once a round samples them)."""
+    if isinstance(sim.parts, data.ClientParts):
+        n = sim.parts.num_train
+        return pd.DataFrame({"client": np.arange(len(n), dtype=np.int64), "n": n})
+    labels = sim.ds.train.labels.cpu().numpy()
+    return data.partition_table(sim.parts, labels, sim.ds.num_classes)  # type: ignore[arg-type]
 
 
 def summarize(
