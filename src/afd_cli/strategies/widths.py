@@ -275,9 +275,10 @@ class Sized(Strategy):
         return self.eval_every == "every" or (self.eval_every == "last" and last)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"bytes_per_param": list(self.bytes_per_param)}
+        down, up = self.bytes_per_param
+        return {"bytes_per_param": {"down": down, "up": up}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.bytes_per_param = [
-            float(b) for b in state.get("bytes_per_param", self.bytes_per_param)
-        ]
+        saved = state.get("bytes_per_param")  # absent in checkpoints from before widths
+        if saved is not None:
+            self.bytes_per_param = [float(saved["down"]), float(saved["up"])]
