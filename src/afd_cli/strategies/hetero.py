@@ -48,7 +48,7 @@ from ..federated.client import StepPlan
 from ..options import option
 from ..submodel import View, prefix_keep, units_at_width
 from .fd import generator
-from .widths import ASSIGN, EVAL_WIDTHS, Sized, WidthOptions
+from .widths import ASSIGN, EVAL_WIDTHS, Sized, WidthOptions, _widths_ok
 
 if TYPE_CHECKING:
     from ..registry import Setup
@@ -57,9 +57,21 @@ FJORD_TAG = 0xF70D  # FjORD's per-step widths: a stream of their own
 FJORD_TIERS = (0.2, 0.4, 0.6, 0.8, 1.0)  # Flower's baseline, conf/common.yaml p_s
 
 
+def _widths(default: str) -> list[float] | None:
+    return option(
+        None,
+        f"the width tiers (share of each layer's units kept), or with assign=listed one width "
+        f"per client; null = {default}",
+        test=_widths_ok,
+        expected="a list of numbers in (0, 1]",
+    )
+
+
 @dataclass
 class HeteroOptions(WidthOptions):
     """HeteroFL's and FedRolex's keys (the width keys of :mod:`.widths`)."""
+
+    widths: list[float] | None = _widths("HeteroFL's 1, 1/2, 1/4, 1/8, 1/16")
 
     eval_widths: str = option(
         "last",
@@ -81,6 +93,7 @@ class RolexOptions(HeteroOptions):
 
 @dataclass
 class FjORDOptions(HeteroOptions):
+    widths: list[float] | None = _widths("FjORD's 0.2, 0.4, 0.6, 0.8, 1")
     distill: bool = option(
         False, "self-distillation: each step also trains the client's widest sub-model"
     )

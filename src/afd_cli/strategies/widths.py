@@ -69,15 +69,15 @@ class WidthOptions(Options):
     widths: list[float] | None = option(
         None,
         "the width tiers (share of each layer's units kept), or with assign=listed one width "
-        "per client; null = the strategy's own (fd, multi, single: 1 - rate)",
+        "per client; null = one tier, 1 - rate",
         test=_widths_ok,
-        expected="null or a list of numbers in (0, 1]",
+        expected="a list of numbers in (0, 1]",
     )
     shares: list[float] | None = option(
         None,
         "share of clients in each tier, as many as widths (null = equal)",
         test=_shares_ok,
-        expected="null or a list of positive numbers",
+        expected="a list of positive numbers",
     )
     assign: str = option(
         "fixed",
