@@ -437,3 +437,23 @@ def test_an_old_clients_csv_without_widths_still_resumes_and_reports(tmp_path):
     writer = ClientsWriter(path, 3, keep_rounds=4)  # a resume keeps the mixed file whole
     writer.close()
     assert _rows(path) == after
+
+
+def test_the_report_adds_dropped_clients_and_each_widths_accuracy(tmp_path):
+    from afd_cli import report
+
+    _, out = _run(tmp_path, "strategy=heterofl", "strategy.widths=[1,0.25]", "seed=1")
+    rep = report.build([out])
+    text = report.markdown(rep)
+    assert "## Clients and widths" in text
+    line = next(x for x in text.splitlines() if x.startswith("| heterofl"))
+    tested = {float(r["width"]): float(r["test_acc"]) for r in _rows(out / "widths.csv")}
+    assert f"{100 * tested[0.25]:.2f}" in line and f"{100 * tested[1.0]:.2f}" in line
+    assert "## Clients and widths" not in report.markdown(
+        report.build([_run(_mk(tmp_path / "fd"), "strategy=fd")[1]])
+    )
+
+
+def _mk(path):
+    path.mkdir(parents=True, exist_ok=True)
+    return path
