@@ -457,3 +457,33 @@ def test_the_report_adds_dropped_clients_and_each_widths_accuracy(tmp_path):
 def _mk(path):
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@pytest.mark.parametrize("name", ["fjord", "multi"])
+def test_widths_from_the_clock_resume_exactly(tmp_path, name):
+    """The bytes per parameter the device rule learnt are checkpointed: a run stopped after
+    round 2 and resumed gives the uninterrupted run's rows (and widths.csv)."""
+    extra = (
+        f"strategy={name}",
+        "strategy.widths=[1,0.5,0.25]",
+        "strategy.assign=device",
+        "strategy.eval_widths=every",
+        "compression=hadamard",
+        "compression.bits=2",
+        "network.deadline_s=0.01",
+        "network.latency_ms=0",
+        "network.device_gflops=0.5",
+        "checkpoint_every=1",
+    )
+    _, whole = _run(_mk(tmp_path / "whole"), *extra, rounds=4)
+    _, part = _run(_mk(tmp_path / "part"), *extra, rounds=2)
+    _, part = _run(_mk(tmp_path / "part"), *extra, rounds=4)
+    timing = ("wall_s", "train_s", "eval_s")
+    strip = [{k: v for k, v in r.items() if k not in timing} for r in _rows(whole / "metrics.csv")]
+    assert strip == [
+        {k: v for k, v in r.items() if k not in timing} for r in _rows(part / "metrics.csv")
+    ]
+    assert _rows(whole / "clients.csv") == _rows(part / "clients.csv")
+    assert _rows(whole / "widths.csv") == _rows(part / "widths.csv")
+    widths = {r["width"] for r in _rows(whole / "clients.csv")}
+    assert len(widths) > 1, widths  # the deadline spread the clients over the tiers
