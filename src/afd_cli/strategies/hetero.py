@@ -21,10 +21,11 @@ the output layer stays whole. They differ in which units:
 
 Aggregation is the run's mask-aware mean (:class:`~afd_cli.federated.aggregate.MaskedMean`):
 every entry is averaged over the clients whose sub-model held it, and entries no client
-trained in the round keep their value (as in all three codes; Plato's shared aggregator, which
-zeroes them, does not). The three codes average the *weights* of those clients; ours adds the
-sample-weighted mean update, which is FjORD's weighting (``strategy.py``, ``fjord_average``)
-and, with equal sample counts, HeteroFL's and FedRolex's plain mean (they count clients).
+trained in the round keep their value, as in all three codes. The three codes average the
+*weights* of those clients; ours adds the sample-weighted mean update, which is FjORD's
+weighting (``strategy.py``, ``fjord_average``) and, with equal sample counts, HeteroFL's and
+FedRolex's plain mean (they count clients; FedRolex's code weights biases and the output
+layer otherwise, see ``tests/test_hetero_reference.py``).
 
 What we leave out, because our models have no normalisation layers: HeteroFL's static batch
 norm and FjORD's per-width batch norm. HeteroFL's *scaler* (outputs divided by the width in
