@@ -26,7 +26,7 @@ data: $(STAMP)
 test: $(STAMP)
 	$(BIN)/afd data fetch digits >/dev/null
 	$(BIN)/python -m pytest
-	$(BIN)/mkdocs build --strict -q -d .site-check
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -q -d .site-check
 
 # Daily work: everything but the slow, torchrun and GPU tests: 4.5 min on 2 shared cores
 # (~16 min for `make test` there), no test over 10 s. `make test` before pushing.
@@ -47,7 +47,7 @@ format: $(STAMP)
 # configuration reference page is generated from the schema first (a test keeps it current).
 docs: $(STAMP)
 	$(BIN)/afd config reference > docs/reference/configuration.md
-	$(BIN)/mkdocs build --strict -d site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d site
 
 # The main job: FedAvg against Single-Model AFD on MNIST (non-IID, 10 rounds each), then the
 # report that compares them (bytes and simulated time to the target, reduction x); a few

@@ -2,25 +2,27 @@
 a subprocess and must exit 2 with exactly one line on stderr that names the bad key or value and
 what would be valid, leaving no run directory, sweep directory or ``outputs/`` behind.
 
-The subprocesses are started together by one module-scoped fixture (a thread pool), so the
-whole corpus costs a few seconds of wall time per core rather than one interpreter start per
-case in series. ``AFD_DATA_DIR`` points at an empty directory: a case that slipped past
+Each case is a fresh process forked from a server that has imported afd_cli and torch once
+(``helpers.afd_forked``: the real ``main()``, its exit code, stdout and stderr, as a subprocess
+would give them), started together by one module-scoped fixture (a thread pool): the corpus
+costs the checks themselves, not one interpreter start and torch import per case.
+``AFD_DATA_DIR`` points at an empty directory: a case that slipped past
 validation fails fast on the missing dataset instead of training.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from helpers import AFD
+from helpers import afd_forked
 
 # cases that must get past the dataset check (the default cache's mnist) to reach their error
 NEEDS_DATA = {"run-dir-under-file", "run-dir-bad-interpolation"}
 RUN = "<run>"  # placeholder: an `afd run` case gets hydra.run.dir=<cwd>/run appended
+DIGITS = ["dataset=digits", "model=mlp"]  # bundled with scikit-learn: past the dataset check
 
 # (case id, argv after `afd`, expected message fragment). Every case expects exit code 2.
 CASES: list[tuple[str, list[str], str]] = [
@@ -200,6 +202,41 @@ CASES: list[tuple[str, list[str], str]] = [
     ("sweep-bad-seed", ["run", "-m", "seed=0,-1", "hydra.sweep.dir=sweep"], "seed=-1 is out"),
     # run directory
     ("run-dir-under-file", ["run", "hydra.run.dir=afile/run"], "cannot create the run directory"),
+    # found only by building the run: refused before its directory exists (digits: bundled)
+    (
+        "iid-more-clients-than-samples",
+        [RUN, *DIGITS, "partition=iid", "schedule.num_clients=10000000"],
+        "schedule.num_clients=10000000 is more than the 1,618 training samples",
+    ),
+    (
+        "dirichlet-alpha-tiny",
+        [RUN, *DIGITS, "partition.alpha=1e-9"],
+        "raise partition.alpha or lower schedule.num_clients",
+    ),
+    (
+        "shards-too-many",
+        [RUN, *DIGITS, "partition=shards", "partition.shards_per_client=1000"],
+        "partition=shards: shards: 1618 samples are fewer than 100 clients x 1000 shards",
+    ),
+    ("model-too-big", [RUN, *DIGITS, "model.hidden=1000000"], "GB of memory; lower model.hidden"),
+    (
+        "cuda-without-a-gpu",
+        [RUN, *DIGITS, "device=cuda"],
+        "device='cuda' but no CUDA GPU is visible",
+    ),
+    ("run-dir-empty", ["run", *DIGITS, "hydra.run.dir="], "hydra.run.dir is empty"),
+    ("run-dir-is-a-file", ["run", *DIGITS, "hydra.run.dir=afile"], "is a file, not a directory"),
+    (
+        "run-dir-in-a-sweep",
+        ["run", "-m", *DIGITS, "seed=0,1", "hydra.run.dir=x"],
+        "hydra.run.dir does not apply to a sweep (-m)",
+    ),
+    (
+        "tilde-unquoted",
+        [RUN, "data_dir=~/d"],
+        "character '~' unquoted; quote the value: data_dir='~/d'",
+    ),
+    ("non-ascii-unquoted", [RUN, "dataset=mnïst"], "the character 'ï' unquoted; quote the value"),
     ("run-dir-bad-interpolation", ["run", "hydra.run.dir=${nope}/r"], "cannot resolve hydra"),
     ("delete-seed", [RUN, "~seed"], "override '~seed' cannot delete a config key; set it"),
     ("delete-deep-key", [RUN, "~schedule.lr"], "cannot delete a config key; set it: schedule.lr="),
@@ -229,14 +266,7 @@ def _one(case: tuple[str, list[str], str], root: Path) -> dict:
     if name not in NEEDS_DATA:
         env["AFD_DATA_DIR"] = str(root / "no-data")
     before = sorted(p.name for p in cwd.iterdir())
-    p = subprocess.run(
-        [*AFD, *_argv(args, cwd)],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    p = afd_forked(_argv(args, cwd), cwd, env)
     after = sorted(str(p.relative_to(cwd)) for p in cwd.rglob("*"))
     return {"p": p, "before": before, "after": after}
 
@@ -259,6 +289,11 @@ def test_corpus_is_large_and_distinct():
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing(case, results):
     name, _, fragment = case
+    if name == "cuda-without-a-gpu":
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("a GPU is visible here")
     if name in NEEDS_DATA and not _mnist_cached():
         pytest.skip("needs mnist in the default data cache (afd data fetch mnist)")
     r = results[name]

@@ -101,7 +101,7 @@ def assert_same(a, b, where: str = "checkpoint") -> None:
 def checkpoint(run_dir: Path) -> dict:
     """The checkpoint with every client's state inline: a one-process run's checkpoint names
     files in ``state/`` (incremental), a torchrun run's holds the gathered values."""
-    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    ckpt = ckpts.load(run_dir / "checkpoint.pt")
     if "store" in ckpt:
         cfg = validate(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
         ckpts.inline_store(ckpt, cfg, building.build(cfg), run_dir / rundir.STATE_DIR)
@@ -156,6 +156,7 @@ def test_two_processes_give_the_one_process_run(refs, two, name):
     # rank 0 alone wrote the directory, and only once
     assert sorted(f.name for f in run_dir.iterdir()) == [
         ".hydra",
+        ".lock",  # the one-writer lock (held by rank 0 only), kept between runs
         "checkpoint.pt",
         "clients.csv",
         "metrics.csv",

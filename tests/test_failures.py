@@ -1,6 +1,7 @@
 """Failing loudly and safely: divergence, colliding run directories, Ctrl-C, newcomer hints."""
 
 import json
+import os
 import signal
 import subprocess
 from pathlib import Path
@@ -269,13 +270,15 @@ def test_explicit_run_dir_holding_a_run_is_refused(tmp_path):
     assert p.stderr.strip().count("\n") == 0
     want = f"already holds a run (metrics.csv exists); continue it with: afd resume {d}"
     assert want in p.stderr
-    assert sorted(f.name for f in d.iterdir()) == ["metrics.csv"]  # untouched
+    # untouched (but for the lock file a refused command takes before it looks)
+    assert sorted(f.name for f in d.iterdir() if f.name != ".lock") == ["metrics.csv"]
 
 
 @pytest.mark.parametrize("held", ["checkpoint.pt", "summary.json", ".hydra"])
 def test_explicit_run_dir_holding_any_run_file_is_refused(tmp_path, held):
     d = tmp_path / "r"
     (d / held).mkdir(parents=True)
+    (d / held / "config.yaml").write_text("x")  # an empty .hydra/ is a claim never started
     with pytest.raises(ConfigError, match=f"already holds a run \\({held} exists\\)"):
         compose.claim_run_dir([*SMALL, f"hydra.run.dir={d}"])
 
@@ -285,7 +288,9 @@ def test_explicit_empty_run_dir_is_used(tmp_path):
     d.mkdir()
     over = compose.claim_run_dir([*SMALL, f"hydra.run.dir={d}"])
     assert over[-1] == f"hydra.run.dir='{d}'" and (d / ".hydra").is_dir()
-    with pytest.raises(ConfigError, match="already holds a run"):  # the claim is exclusive
+    assert (d / ".lock").read_text().strip() == str(os.getpid())  # held by this process
+    (d / ".hydra" / "config.yaml").write_text("x")  # the run started (Hydra wrote its record)
+    with pytest.raises(ConfigError, match="already holds a run"):
         compose.claim_run_dir([*SMALL, f"hydra.run.dir={d}"])
 
 

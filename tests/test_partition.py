@@ -63,7 +63,9 @@ def test_dirichlet_min_client_size_and_error() -> None:
     labels = _labels()
     parts = dirichlet(labels, 10, 0, DirichletOptions("dirichlet", 0.1), None, min_client_size=20)
     assert min(len(p) for p in parts) >= 20
-    with pytest.raises(ValueError, match="dirichlet"):
+    # the message names the keys a user can change (issue 24: it once named a key that
+    # does not exist)
+    with pytest.raises(ValueError, match=r"partition\.alpha=0\.01.*schedule\.num_clients"):
         dirichlet(labels, 10, 0, DirichletOptions("dirichlet", 0.01), None, min_client_size=99)
 
 

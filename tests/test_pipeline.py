@@ -17,7 +17,7 @@ from afd_cli import compose, registry
 from afd_cli.config import ConfigError, validate
 from afd_cli.metrics import TIMING_COLUMNS
 from afd_cli.run import build as building
-from afd_cli.run import loop
+from afd_cli.run import checkpoint, loop
 
 STRATEGIES = registry.names("strategy")
 COMPRESSIONS = registry.names("compression")
@@ -146,8 +146,8 @@ def test_batched_trainer_gives_the_sequential_run(tmp_path, monkeypatch, strateg
     assert len(seq) == rounds
     assert seq.train_loss.tolist() == pytest.approx(bat.train_loss.tolist(), rel=1e-5)
     assert seq.keep_fraction.tolist() == bat.keep_fraction.tolist()
-    a = torch.load(tmp_path / "seq" / "run" / "checkpoint.pt", weights_only=False)
-    b = torch.load(tmp_path / "bat" / "run" / "checkpoint.pt", weights_only=False)
+    a = checkpoint.load(tmp_path / "seq" / "run" / "checkpoint.pt")
+    b = checkpoint.load(tmp_path / "bat" / "run" / "checkpoint.pt")
     for name, w in a["weights"].items():
         torch.testing.assert_close(b["weights"][name], w, rtol=1e-4, atol=1e-6)
 
@@ -163,8 +163,8 @@ def test_thread_count_does_not_change_the_numbers(tmp_path):
         torch.set_num_threads(before)
     timing = list(TIMING_COLUMNS)
     pd.testing.assert_frame_equal(one.drop(columns=timing), two.drop(columns=timing))
-    a = torch.load(tmp_path / "one" / "run" / "checkpoint.pt", weights_only=False)
-    b = torch.load(tmp_path / "two" / "run" / "checkpoint.pt", weights_only=False)
+    a = checkpoint.load(tmp_path / "one" / "run" / "checkpoint.pt")
+    b = checkpoint.load(tmp_path / "two" / "run" / "checkpoint.pt")
     for name, w in a["weights"].items():
         assert torch.equal(w, b["weights"][name]), name
 

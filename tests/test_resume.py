@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import AFD
+from helpers import AFD, snapshot
 from helpers import SMALL as SMALL_RUN
 
 from afd_cli.metrics import (
@@ -43,14 +43,6 @@ def finished(tmp_path_factory) -> Path:
 def run(finished, tmp_path) -> Path:
     shutil.copytree(finished, tmp_path / "r")
     return tmp_path / "r"
-
-
-def snapshot(d: Path) -> dict[str, tuple[bytes, int]]:
-    return {
-        str(f.relative_to(d)): (f.read_bytes(), f.stat().st_mtime_ns)
-        for f in sorted(d.rglob("*"))
-        if f.is_file()
-    }
 
 
 def one_line_error(p: subprocess.CompletedProcess) -> str:
@@ -325,9 +317,9 @@ def stateful(tmp_path_factory) -> Path:
 
 
 def _indexed_files(run: Path) -> set[Path]:
-    import torch
+    from afd_cli.run import checkpoint
 
-    index = torch.load(run / "checkpoint.pt", weights_only=False)["store"]
+    index = checkpoint.load(run / "checkpoint.pt")["store"]
     return {
         run / "state" / ns / f"c{c}_g{g}.bin"
         for ns, slots in index["slots"].items()
@@ -382,6 +374,7 @@ def test_an_inline_checkpoint_from_before_the_state_store_still_resumes(stateful
 
     from afd_cli import compose
     from afd_cli.run import build as building
+    from afd_cli.run import checkpoint
 
     run = tmp_path / "r"
     p = afd(
@@ -392,7 +385,7 @@ def test_an_inline_checkpoint_from_before_the_state_store_still_resumes(stateful
         f"hydra.run.dir={run}",
     )
     assert p.returncode == 0, p.stderr
-    ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
+    ckpt = checkpoint.load(run / "checkpoint.pt")
     cfg = compose.check([*STATEFUL, "schedule.rounds=2"])
     sim = building.build(cfg, run_dir=run)
     sim.store.restore(ckpt.pop("store"))
@@ -403,7 +396,7 @@ def test_an_inline_checkpoint_from_before_the_state_store_still_resumes(stateful
     ckpt["strategy"] = sim.strategy.state_dict()
     assert sorted(ckpt["compressor"]["up"]) == sim.compressor.up.clients() != []
     assert sorted(ckpt["strategy"]["maps"]) == sorted(sim.strategy.maps) != []
-    torch.save(ckpt, run / "checkpoint.pt")
+    torch.save(ckpt, run / "checkpoint.pt")  # the plain format of those days
     shutil.rmtree(run / "state")
     p = afd(tmp_path, "resume", str(run), "schedule.rounds=4")
     assert p.returncode == 0, p.stderr

@@ -6,7 +6,6 @@ Composing and checking a config is :mod:`.compose`; launching through Hydra and 
 
 from __future__ import annotations
 
-import csv
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -37,7 +36,7 @@ def _groups_help() -> str:
         lines.append(f"  {group}: {', '.join(shown)}\n")
     lines.append(
         "  top level: seed, device, precision, threads, data_dir, progress, resume, "
-        "checkpoint_every, on_nonfinite\n"
+        "checkpoint_every, on_nonfinite, on_degenerate\n"
     )
     lines.append("All keys with their values: afd config show [OVERRIDES...]")
     return "\n".join(lines)
@@ -71,9 +70,11 @@ def _join() -> bool:
 
 
 def _interruptible(overrides: list[str], multirun: bool) -> None:
-    """Launch; Ctrl-C exits 130 (the job already said how to resume) without a traceback."""
-    from .launch import launch
+    """Launch; Ctrl-C, SIGTERM and SIGHUP exit 130 (the job already said how to resume)
+    without a traceback."""
+    from .launch import handle_signals, launch
 
+    handle_signals()
     try:
         launch(overrides, multirun)
     except KeyboardInterrupt:
@@ -98,12 +99,17 @@ def run(
 
     Under torchrun (torchrun --nproc_per_node=N --no-python afd run ...) one experiment runs
     over its N processes; see the docs (distributed runs)."""
-    from .compose import check, claim_run_dir, compose, expand_sweep, pin_sweep_dir
+    from .compose import check, claim_run_dir, compose, expand_sweep, override_key, pin_sweep_dir
     from .config import validate
     from .launch import on_lead, sweep_failures
 
     overrides = overrides or []
     verified: set[tuple[str, Path]] = set()
+    if multirun and any(override_key(o) == "hydra.run.dir" for o in overrides):
+        fail(
+            "hydra.run.dir does not apply to a sweep (-m): each job runs in "
+            "hydra.sweep.dir/<its overrides>; set hydra.sweep.dir instead"
+        )
     if _join() and multirun:
         fail(
             "afd run -m under torchrun: a launch runs one experiment over its processes; "
@@ -125,7 +131,9 @@ def run(
         fail(str(e))
     _interruptible(overrides, multirun)
     if sweep_dir is not None:
-        failed = sweep_failures(sweep_dir)
+        failed, degenerate = sweep_failures(sweep_dir)
+        for path, msg in degenerate:
+            err.print(f"[yellow]degenerate:[/] {path}: {msg}", highlight=False, soft_wrap=True)
         for path, msg in failed:
             err.print(f"[bold red]failed:[/] {path}: {msg}", highlight=False, soft_wrap=True)
         if failed:
@@ -148,8 +156,8 @@ def resume(
 
     Only options that leave the results alone may change (schedule.rounds,
     schedule.eval_every, progress, checkpoint_every, threads, device, trainer, on_nonfinite,
-    data_dir); they are recorded in RUN_DIR/resume.log. Anything else is refused before a
-    file is touched."""
+    on_degenerate, data_dir); they are recorded in RUN_DIR/resume.log. Anything else is
+    refused before a file is touched."""
     from .compose import quote
     from .launch import on_lead
 
@@ -161,40 +169,12 @@ def resume(
 
 
 def _prepare_resume(run_dir: Path, overrides: list[str] | None, from_scratch: bool) -> list[str]:
-    """The overrides ``afd resume`` launches with: the run's own, then the new ones; checked
-    (:func:`afd_cli.run.resume.check`) before the directory is changed (rank 0 alone)."""
-    from omegaconf import OmegaConf
+    from .run.resume import launch_overrides
 
-    from .compose import check, override_key
-    from .run import resume as resume_checks
-    from .run.rundir import HYDRA
-
-    saved = run_dir / HYDRA / "overrides.yaml"
-    if not saved.exists():
-        fail(f"{run_dir} is not a run directory (no .hydra/overrides.yaml)")
-    overrides = list(overrides or [])
-    for o in overrides:
-        key, _, value = o.partition("=")
-        if override_key(key) == "resume" and value.strip().lower() != "true":
-            fail(
-                f"{o} contradicts `afd resume`; to start the run over use: "
-                f"afd resume {run_dir} --from-scratch"
-            )
-        if override_key(key) == "hydra.run.dir":
-            fail(f"{o}: afd resume continues the run in {run_dir}; it cannot move it")
-    overrides = [o for o in overrides if override_key(o) != "resume"]
-    old = [
-        str(o)
-        for o in OmegaConf.load(saved)
-        if override_key(str(o)) not in ("hydra.run.dir", "resume")
-    ]
-    keys = {override_key(o) for o in overrides}
-    merged = [o for o in old if override_key(o) not in keys] + overrides
     try:
-        resume_checks.prepare(run_dir, check(merged), from_scratch)
+        return launch_overrides(run_dir, list(overrides or []), from_scratch)
     except ConfigError as e:
         fail(str(e))
-    return merged
 
 
 @app.command()
@@ -250,22 +230,11 @@ def report(
         fail(str(e))
     out_dir = out or (paths[0] if len(paths) == 1 and paths[0].is_dir() else Path("report"))
     console = Console(width=None if sys.stdout.isatty() else 160)
-    if len(results) == 1:
-        result = next(iter(results.values()))
-        files = list(rep.write(result, out_dir).values())
-        console.print(rep.rich_table(result))
-    else:  # one full report per profile, and their times side by side
-        files = [f for n, r in results.items() for f in rep.write(r, out_dir / n).values()]
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "time_by_network.md").write_text(rep.network_markdown(results))
-        header, rows = rep.network_table_rows(results)
-        with (out_dir / "time_by_network.csv").open("w", newline="") as f:
-            csv.writer(f).writerows([header, *rows])
-        files += [out_dir / "time_by_network.md", out_dir / "time_by_network.csv"]
-        table = Table(*header, title=f"simulated time to target under {', '.join(names)}")
-        for r in rows:
-            table.add_row(*r)
-        console.print(table)
+    try:
+        files = rep.write_all(results, out_dir, console)
+    except OSError as e:
+        where = e.filename or out_dir
+        fail(f"cannot write the report into {where} ({e.strerror or e}); choose another: -o DIR")
     typer.echo("wrote: " + ", ".join(str(f) for f in files))
 
 

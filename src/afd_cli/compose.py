@@ -58,8 +58,9 @@ def compose(overrides: list[str], hydra_config: bool = False) -> DictConfig:
 
 def check_syntax(overrides: list[str]) -> None:
     """What Hydra's override grammar reports badly: an option among the overrides (``afd run
-    --foo`` gave ``LexerNoViableAltException: --foo ^``) and an empty key (``=3`` gave "Config
-    group override must be a string or a list. Got int", naming nothing)."""
+    --foo`` gave ``LexerNoViableAltException: --foo ^``), an empty key (``=3`` gave "Config
+    group override must be a string or a list. Got int", naming nothing), and a character the
+    grammar does not take unquoted (non-ASCII, ``~`` inside a value)."""
     for o in overrides:
         if o.startswith("-"):
             raise ConfigError(
@@ -73,6 +74,29 @@ def check_syntax(overrides: list[str]) -> None:
             # the schema puts the key back with its default, so the deletion did nothing
             # (and the default hydra.run.dir, which interpolates ${seed}, failed to resolve)
             raise ConfigError(f"override {o!r} cannot delete a config key; set it: {key}=VALUE")
+        _check_characters(o)
+
+
+def _check_characters(o: str) -> None:
+    """One line naming the character Hydra's lexer stops at, and the quoted form that works
+    (Hydra raised ``LexerNoViableAltException`` naming neither)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        OverridesParser.create().parse_override(o)
+    except Exception as e:
+        if "=" not in o:
+            raise ConfigError(f"override {o!r} is not key=value") from None
+        key, value = o.split("=", 1)
+        bad = next((c for c in value if not c.isascii() or c in "~\\"), None)
+        if bad is None or value.startswith(("'", '"')):
+            why = " ".join(str(e).split())
+            raise ConfigError(f"override {o!r} cannot be parsed: {why}") from None
+        quoted = value.replace("'", "\\'")
+        raise ConfigError(
+            f"override {o!r}: Hydra's override syntax does not take the character {bad!r} "
+            f"unquoted; quote the value: {key}='{quoted}'"
+        ) from None
 
 
 def hydra_message(e: Exception) -> str:
@@ -116,24 +140,26 @@ def expand_sweep(overrides: list[str]) -> list[list[str]]:
 
 
 def check(overrides: list[str], verified: set[tuple[str, Path]] | None = None) -> RootConfig:
-    """Validate a config and verify its cached dataset; return it, raise ConfigError otherwise.
+    """Validate a config, verify its cached dataset and check that the run can be made here
+    (:mod:`afd_cli.run.feasible`); return it, raise ConfigError otherwise.
 
-    Runs before Hydra makes a run directory, so a missing or damaged dataset leaves nothing
-    behind. ``verified`` remembers the (dataset, data_dir) pairs already checked, so a sweep
-    hashes each dataset once, not once per job.
+    Runs before Hydra makes a run directory, so a missing or damaged dataset or an impossible
+    run leaves nothing behind. ``verified`` remembers the (dataset, data_dir) pairs already
+    checked, so a sweep hashes each dataset once, not once per job.
     """
     cfg = validate(compose(overrides))
     from . import data
+    from .run import feasible
 
     key = (cfg.dataset.name, Path(cfg.data_dir).expanduser())
-    if verified is not None and key in verified:
-        return cfg
-    try:
-        data.verify(*key)
-    except data.DataError as e:
-        raise ConfigError(str(e)) from None
-    if verified is not None:
-        verified.add(key)
+    if verified is None or key not in verified:
+        try:
+            data.verify(*key)
+        except data.DataError as e:
+            raise ConfigError(str(e)) from None
+        if verified is not None:
+            verified.add(key)
+    feasible.check(cfg)
     return cfg
 
 
@@ -145,10 +171,13 @@ def claim_run_dir(overrides: list[str]) -> list[str]:
     rest = [o for o in overrides if override_key(o) != "hydra.run.dir"]
     for _ in range(10):
         try:
-            run_dir = Path(str(compose(overrides, hydra_config=True).hydra.run.dir))
+            resolved = str(compose(overrides, hydra_config=True).hydra.run.dir)
         except Exception as e:  # e.g. ~seed: hydra.run.dir interpolates ${seed}
             message = " ".join(str(e).split("full_key:")[0].split())
             raise ConfigError(f"cannot resolve hydra.run.dir: {message}") from None
+        if not resolved.strip():  # `hydra.run.dir=$UNSET`: the run would fill the current dir
+            raise ConfigError("hydra.run.dir is empty (an unset variable?); give a directory")
+        run_dir = Path(resolved)
         if rundir.claim(run_dir, explicit):
             return [*rest, f"hydra.run.dir={quote(str(run_dir))}"]
     raise ConfigError(f"could not find a free run directory name like {run_dir}")

@@ -115,6 +115,10 @@ class StateConfig:
     dtype: str = option(
         "fp32", "precision compressor buffers are kept in", choices=("fp32", "fp16", "bf16")
     )
+    # on by default: +0.2 s on a 140 MB DGC checkpoint, ~3% of a round (docs: client state)
+    fsync: bool = option(
+        True, "flush checkpoint.pt and the state files it names to the disk (power cuts)"
+    )
 
 
 @dataclass
@@ -152,6 +156,11 @@ class RootConfig:
         "stop",
         "a non-finite loss or update: stop the run, or drop that client",
         choices=("stop", "skip_client"),
+    )
+    on_degenerate: str = option(
+        "warn",
+        "a train loss 1000x round 1's or more: warn and go on, or stop the run there",
+        choices=("warn", "stop"),
     )
 
 

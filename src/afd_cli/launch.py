@@ -9,8 +9,10 @@ and stay quiet.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -36,9 +38,41 @@ def say(kind: str, message: str) -> None:
 
 
 def _status(run_dir: Path, status: dict[str, Any]) -> None:
+    """Record how the run ended; best effort (the disk may be the reason it ended)."""
     from .metrics import write_json_atomic
 
-    write_json_atomic(run_dir / STATUS, status)
+    with contextlib.suppress(OSError):
+        write_json_atomic(run_dir / STATUS, status)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (a scheduler, a closed terminal), handled like Ctrl-C: the run says
+    how to resume, status.json says interrupted, the exit code is 130."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    for s in (signal.SIGTERM, signal.SIGHUP):  # one is enough: let status.json be written
+        signal.signal(s, signal.SIG_IGN)
+    raise Terminated(signum)
+
+
+def handle_signals() -> None:
+    """SIGTERM and SIGHUP end a run like Ctrl-C (torchrun sends SIGTERM to every process when
+    one fails; a batch scheduler sends it at the time limit; a closed terminal sends SIGHUP)."""
+    for s in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, _on_signal)
+
+
+def _write_failure(e: OSError, run_dir: Path) -> str:
+    """One line for a failed write: the file, the system's reason, how to continue."""
+    where = f" {e.filename}" if e.filename else ""
+    return (
+        f"could not write{where}: {e.strerror or e} (no space left? a read-only disk?); the "
+        f"last checkpoint is intact: free space or fix it, then continue with: afd resume {run_dir}"
+    )
 
 
 def hydra_task(cfg: DictConfig) -> None:
@@ -48,23 +82,36 @@ def hydra_task(cfg: DictConfig) -> None:
 
     from . import data
     from .federated.guard import Diverged
+    from .run import rundir
+    from .run.degenerate import degenerate_line, status_of
     from .run.loop import run
+    from .state import StateChecksumError
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
+    try:  # a sweep's job locks its directory here (a single run holds it since its claim)
+        rundir.lock(run_dir)
+    except ConfigError as e:  # another process's run: leave its files alone
+        if not multirun:
+            say("error", str(e))
+            raise SystemExit(2) from None
+        say("job failed", f"{run_dir}: {e}")
+        return
     try:
         rc = validate(cfg)
         if multirun:
             rc.progress = "none" if rc.progress == "auto" else rc.progress
         summary = run(rc, run_dir)
-        _status(run_dir, {"status": "ok"})
+        _status(run_dir, status_of(summary))
         acc = summary["final_acc"]
         print(
             f"done: {run_dir}  final acc {acc:.4f}  total {summary['total_bytes'] / 1e6:,.1f} "
             f"MB  {summary['wall_s']:.1f}s",
             flush=True,
         )
+        if line := degenerate_line(summary):  # finished, whole, but not a result to trust
+            say("job degenerate" if multirun else "degenerate", f"{run_dir}: {line}")
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM under torchrun (it says so)
         _status(run_dir, {"status": "interrupted"})
         why = escape(f" ({e})" if str(e) else "")
@@ -83,11 +130,19 @@ def hydra_task(cfg: DictConfig) -> None:
         say("job diverged", f"{run_dir}: {e}")
     except Exception as e:
         lost = type(e).__name__ == "PeerLost"  # distributed: another process failed
-        plain = lost or isinstance(e, ConfigError | data.DataError)  # one line that says why
+        damaged = isinstance(e, StateChecksumError)  # a slot file read back during the run
+        plain = lost or damaged or isinstance(e, ConfigError | data.DataError)  # one line
         message = str(e) if plain else f"{type(e).__name__}: {e}"
-        message += f"; continue with: afd resume {run_dir}" if lost else ""
+        # named by the checkpoint: resuming from it cannot help; else it resumes exactly
+        if isinstance(e, StateChecksumError) and e.committed:
+            message += f"; start over with: afd resume {run_dir} --from-scratch"
+        elif lost or damaged:
+            message += f"; continue with: afd resume {run_dir}"
+        elif isinstance(e, OSError):
+            message = _write_failure(e, run_dir)
         _status(run_dir, {"status": "failed", "error": message})
-        (run_dir / ERROR).write_text(traceback.format_exc())
+        with contextlib.suppress(OSError):
+            (run_dir / ERROR).write_text(traceback.format_exc())
         if not multirun:
             say("error", message)
             raise SystemExit(1) from None
@@ -167,11 +222,14 @@ def follow(overrides: list[str]) -> None:
         raise SystemExit(1) from None
 
 
-def sweep_failures(sweep_dir: Path) -> list[tuple[Path, str]]:
-    """After a sweep: the jobs that did not end ok, with why."""
-    failed = []
-    for status in sweep_dir.glob(f"*/{STATUS}"):
+def sweep_failures(sweep_dir: Path) -> tuple[list[tuple[Path, str]], list[tuple[Path, str]]]:
+    """After a sweep: the jobs that did not end ok, and those that ended ok but degenerate
+    (:mod:`afd_cli.run.degenerate`), each with why."""
+    failed, degenerate = [], []
+    for status in sorted(sweep_dir.glob(f"*/{STATUS}")):
         s = json.loads(status.read_text())
         if s.get("status") != "ok":
             failed.append((status.parent, s.get("error", s.get("status"))))
-    return failed
+        elif s.get("degenerate"):
+            degenerate.append((status.parent, s["degenerate"]))
+    return failed, degenerate

@@ -347,19 +347,21 @@ class RoundProgress:
         if self.mode == "rich":
             self._p.advance(self._clients)
 
-    def round_done(self, r: RoundRow | dict[str, Any]) -> None:
+    def round_done(self, r: RoundRow | dict[str, Any], note: str = "") -> None:
+        """Round ``r`` is done; ``note`` ends its line (e.g. the loss exploded)."""
         row = asdict(r) if isinstance(r, RoundRow) else r
         acc = row.get("test_acc")
         acc_s = "" if acc is None or acc != acc else f"acc {acc:.4f} "
         mb = row["cum_bytes"] / 1e6
         skipped = f" ({row['skipped']} skipped)" if row.get("skipped") else ""
         skipped += f" ({row['dropped']} past the deadline)" if row.get("dropped") else ""
+        skipped += note
         line = (
             f"round {row['round']}/{self.total} {acc_s}loss {row['train_loss']:.4f} "
             f"{mb:,.1f} MB {row['wall_s']:.1f}s{skipped}"
         )
         if self.mode == "rich":
-            self._p.update(self._rounds, advance=1, info=f"{acc_s}{mb:,.1f} MB")
+            self._p.update(self._rounds, advance=1, info=f"{acc_s}{mb:,.1f} MB{note}")
             self._p.reset(self._clients)
         elif self.mode == "plain":
             print(line, flush=True)

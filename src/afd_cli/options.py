@@ -159,8 +159,10 @@ def check(obj: Any, prefix: str) -> None:
         value = getattr(obj, f.name)
         if is_dataclass(value):
             check(value, f"{prefix}{f.name}.")
-        elif f.name != "name" or f.metadata.get("rule") is not None:  # a plug-in's: registry
+        elif f.name != "name":
             check_value(f"{prefix}{f.name}", value, f, type(obj))
+        elif f.metadata.get("rule") is not None:  # a group's option (trainer=); plug-ins': registry
+            check_value(prefix.rstrip("."), value, f, type(obj))
     own = getattr(obj, "check", None)
     if callable(own):
         own(prefix)

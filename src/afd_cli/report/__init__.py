@@ -32,6 +32,7 @@ from .retime import retime_runs
 from .tables import markdown, network_markdown, network_table_rows, rich_table, table_rows
 
 __all__ = [
+    "write_all",
     "CORE_KEYS",
     "FIGURES",
     "PLOTS",
@@ -102,3 +103,30 @@ def build(
         report.target_note += f"; runs cut at round {rounds} (--rounds)"
     report.warnings = messages
     return report
+
+
+def write_all(results: dict[str | None, Report], out_dir: Path, console: Any) -> list[Path]:
+    """Every file of ``afd report`` under ``out_dir``, the table(s) printed on ``console``:
+    one report, or one per ``--network`` profile and their times side by side."""
+    import csv
+
+    from rich.table import Table
+
+    if len(results) == 1:
+        result = next(iter(results.values()))
+        files = list(write(result, out_dir).values())
+        console.print(rich_table(result))
+        return files
+    files = [f for n, r in results.items() for f in write(r, out_dir / str(n)).values()]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "time_by_network.md").write_text(network_markdown(results))
+    header, rows = network_table_rows(results)
+    with (out_dir / "time_by_network.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+    files += [out_dir / "time_by_network.md", out_dir / "time_by_network.csv"]
+    names = ", ".join(str(n) for n in results)
+    table = Table(*header, title=f"simulated time to target under {names}")
+    for r in rows:
+        table.add_row(*r)
+    console.print(table)
+    return files

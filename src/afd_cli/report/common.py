@@ -18,6 +18,7 @@ IGNORED_KEYS = {
     "progress",
     "resume",
     "checkpoint_every",
+    "on_degenerate",  # stops a run or not: its rounds are the same
     "schedule.eval_batch_size",
 }
 REQUIRED_COLUMNS = ("round", "test_acc", "cum_bytes_down", "cum_bytes_up")
@@ -39,6 +40,9 @@ class Run:
     finished: bool
     # stopped by a non-finite loss or update (status.json "diverged"), or holds nan / inf
     diverged: bool = False
+    # why it is degenerate (run/degenerate.py), as far as its rows and summary.json tell; None:
+    # it is not. Its rounds neither reach a target nor set one.
+    degenerate: str | None = None
 
 
 @dataclass

@@ -26,6 +26,7 @@ from .common import (
     ReportError,
     Run,
 )
+from .load import finite_rounds
 
 
 def grouping_keys(runs: Sequence[Run]) -> list[str]:
@@ -51,7 +52,9 @@ def _hashable(v: Any) -> Any:
     return v
 
 
-def _run_stats(df: pd.DataFrame, target: float | None) -> dict[str, Any]:
+def _run_stats(df: pd.DataFrame, target: float | None, degenerate: bool) -> dict[str, Any]:
+    """One run's numbers; a round reaches ``target`` only with a finite test loss and accuracy,
+    and never in a ``degenerate`` run."""
     evaluated = df[df["test_acc"].notna()]
     last = df.iloc[-1]
     out = {
@@ -66,8 +69,9 @@ def _run_stats(df: pd.DataFrame, target: float | None) -> dict[str, Any]:
         "sim_h": _hours(last.get("sim_time_s")),
         "h_to_target": math.nan,
     }
-    if target is not None and not math.isnan(target):
-        hit = evaluated[evaluated["test_acc"] >= target - 1e-12]
+    if target is not None and not math.isnan(target) and not degenerate:
+        finite = df[finite_rounds(df)]
+        hit = finite[finite["test_acc"] >= target - 1e-12]
         if len(hit):
             first = hit.iloc[0]
             out["rounds_to_target"] = int(first["round"])
@@ -85,8 +89,12 @@ def _hours(seconds: Any) -> float:
 
 
 def _best_of_mean_curve(members: Sequence[Run]) -> float:
-    """The highest accuracy of the seed-averaged accuracy-vs-round curve."""
-    curve = pd.concat([m.metrics[["round", "test_acc"]] for m in members]).dropna()
+    """The highest accuracy of the seed-averaged accuracy-vs-round curve, over the members that
+    are not degenerate and their finite rounds (NaN: none left, so no target from it)."""
+    kept = [m.metrics.loc[finite_rounds(m.metrics)] for m in members if not m.degenerate]
+    if not kept:
+        return math.nan
+    curve = pd.concat([k[["round", "test_acc"]] for k in kept]).dropna()
     if curve.empty:
         return math.nan
     return float(curve.groupby("round")["test_acc"].mean().max())
@@ -120,7 +128,8 @@ def analyse(runs: Sequence[Run], target: float | None = None) -> Report:
         groups.setdefault(tuple(_hashable(r.config.get(k)) for k in keys), []).append(r)
 
     # Targets: --target for everyone, else 99% of the best accuracy (mean over seeds) of the
-    # fedavg+none configuration of the same setting (or of the best configuration if none).
+    # fedavg+none configuration of the same setting (or of the best configuration if none, or
+    # if its every seed is degenerate). Degenerate runs and non-finite rounds set no target.
     best_of = {g: _best_of_mean_curve(members) for g, members in groups.items()}
     baselines = {
         _setting(dict(zip(keys, g, strict=True)), keys): g
@@ -141,23 +150,41 @@ def analyse(runs: Sequence[Run], target: float | None = None) -> Report:
             "of any configuration (no fedavg + none run in the set)"
         )
 
+    # a setting whose fedavg + none is degenerate in every seed: its best other configuration
+    # sets the target (a target from another setting, e.g. another schedule.lr, means nothing)
+    best_in: dict[tuple, float] = {}
+    for g, b in best_of.items():
+        where = _setting(dict(zip(keys, g, strict=True)), keys)
+        if not math.isnan(b):
+            best_in[where] = max(best_in.get(where, b), b)
+    if target is None and any(math.isnan(best_of[b]) for b in baselines.values()):
+        target_note += (
+            "; where every fedavg + none run is degenerate, of the best other configuration "
+            "of that setting (none: no target)"
+        )
+    elif target is None and not baselines and math.isnan(overall_best):
+        target_note += "; none: every run is degenerate"
+
     rows = []
     for gkey, members in groups.items():
         values = dict(zip(keys, gkey, strict=True))
         base = baselines.get(_setting(values, keys))
         if target is not None:
             tgt = target
-        elif base is not None:
-            tgt = DEFAULT_TARGET_SHARE * best_of[base]
-        else:
+        elif base is None:
             tgt = DEFAULT_TARGET_SHARE * overall_best
-        stats = pd.DataFrame([_run_stats(m.metrics, tgt) for m in members])
+        elif not math.isnan(best_of[base]):
+            tgt = DEFAULT_TARGET_SHARE * best_of[base]
+        else:  # NaN where the setting has no other configuration that is not degenerate
+            tgt = DEFAULT_TARGET_SHARE * best_in.get(_setting(values, keys), math.nan)
+        stats = pd.DataFrame([_run_stats(m.metrics, tgt, bool(m.degenerate)) for m in members])
         seeds = sorted(str(m.metrics["seed"].iloc[0]) for m in members)
         reached = int(stats["rounds_to_target"].notna().sum())
         row = {k: values[k] for k in keys}
         row.update(
             seeds=len(members),
             diverged=sum(m.diverged for m in members),
+            degenerate=sum(bool(m.degenerate) for m in members),
             seed_list=" ".join(seeds),
             rounds=int(stats["rounds"].max()),
             final_acc_mean=float(stats["final_acc"].mean()),

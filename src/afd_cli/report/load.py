@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ..registry import GROUPS, unread
+from ..run.degenerate import degenerate_reason, loss_explosion
 from ..run.rundir import HYDRA, METRICS, STATUS, SUMMARY
 from .common import CORE_KEYS, IGNORED_KEYS, REQUIRED_COLUMNS, ReportError, Run
 
@@ -72,16 +73,20 @@ def unread_keys(flat: dict[str, Any]) -> set[str]:
     return out
 
 
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    """The run's summary.json (``{}`` when missing or unreadable: an unfinished run)."""
+    try:
+        summary = json.loads((run_dir / SUMMARY).read_text())
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
 def read_config(run_dir: Path) -> dict[str, Any] | None:
     """The run's config (flattened), from summary.json or .hydra/config.yaml; None if neither."""
-    summary = run_dir / SUMMARY
-    if summary.exists():
-        try:
-            cfg = json.loads(summary.read_text()).get("config")
-            if isinstance(cfg, dict):
-                return _normalise_config(_flatten(cfg))
-        except (OSError, ValueError):
-            pass
+    cfg = read_summary(run_dir).get("config")
+    if isinstance(cfg, dict):
+        return _normalise_config(_flatten(cfg))
     hydra_cfg = run_dir / HYDRA / "config.yaml"
     if hydra_cfg.exists():
         import yaml
@@ -150,6 +155,34 @@ def nonfinite_round(df: pd.DataFrame) -> int | None:
         bad = bad | (df["test_loss"].isna() != df["test_acc"].isna())
     rounds = df.loc[bad, "round"] if isinstance(bad, pd.Series) else []
     return int(rounds.iloc[0]) if len(rounds) else None
+
+
+def finite_rounds(df: pd.DataFrame) -> pd.Series:
+    """Which rows hold a finite test accuracy, and a finite test loss where the column is there
+    (not evaluated, nan or inf: no). Only these may reach or set a target: a NaN loss's
+    accuracy is that of whatever class argmax falls on."""
+    ok = pd.Series(np.isfinite(df["test_acc"].to_numpy(dtype=float)), index=df.index)
+    if "test_loss" in df.columns:
+        ok &= np.isfinite(df["test_loss"].to_numpy(dtype=float))
+    return ok
+
+
+def degenerate_of(df: pd.DataFrame, summary: dict[str, Any]) -> str | None:
+    """Why the run of these rows is degenerate (:mod:`afd_cli.run.degenerate`), or None: its
+    train loss against round 1's, and its best finite accuracy against ``summary.json``'s
+    majority baseline (not known without a summary). Computed from the rows the report uses,
+    so a run cut at ``--rounds`` is judged on its rounds up to there."""
+    finite = df.loc[finite_rounds(df), "test_acc"]
+    rows = df[["round", "train_loss"]] if "train_loss" in df.columns else None
+    return degenerate_reason(
+        {
+            "best_acc": float(finite.max()) if len(finite) else None,
+            "majority_baseline": summary.get("majority_baseline"),
+            "loss_explosion": (
+                loss_explosion(rows["round"], rows["train_loss"]) if rows is not None else None
+            ),
+        }
+    )
 
 
 def read_status(run_dir: Path) -> dict[str, Any]:
@@ -247,7 +280,11 @@ def load_runs(
             _warn(f"{run_dir}: diverged (non-finite loss or accuracy in round {bad_round})")
         elif not finished:
             _warn(f"{run_dir}: unfinished run (no summary.json); using its {len(df)} rounds")
-        runs.append(Run(run_dir, cfg, df, finished, diverged))
+        degenerate = degenerate_of(df, read_summary(run_dir))
+        if degenerate:
+            why = f"degenerate, its rounds neither reach a target nor set one: {degenerate}"
+            _warn(f"{run_dir}: {why}")
+        runs.append(Run(run_dir, cfg, df, finished, diverged, degenerate))
     if not runs:
         raise ReportError(f"no usable metrics.csv: {'; '.join(problems)}")
     for p in problems:

@@ -46,6 +46,16 @@ def _to_target(r, mean: str, std: str, fmt: str) -> str:
     return cell + (f" ({hit}/{n} seeds)" if hit < n else "")
 
 
+def _seeds(r) -> str:
+    """``3``, or ``3 (1 diverged, 1 degenerate)``."""
+    marks = [f"{int(r.get(k, 0))} {k}" for k in ("diverged", "degenerate") if r.get(k, 0)]
+    return f"{int(r['seeds'])} ({', '.join(marks)})" if marks else str(int(r["seeds"]))
+
+
+def _target(value: float) -> str:
+    return "–" if math.isnan(value) else f"{100 * value:.2f}"
+
+
 def table_rows(report: Report, compact: bool = False) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the human-readable table (shared by Markdown and rich).
 
@@ -76,15 +86,14 @@ def table_rows(report: Report, compact: bool = False) -> tuple[list[str], list[l
     ]
     rows = []
     for _, r in s.iterrows():
-        n = int(r["seeds"])
         rows.append(
             [
                 *(str(r[k]) for k in shown_keys),
-                f"{n} ({int(r['diverged'])} diverged)" if r.get("diverged") else str(n),
+                _seeds(r),
                 *([] if compact else [str(int(r["rounds"]))]),
                 _pm(100 * r["final_acc_mean"], 100 * r["final_acc_std"], ".2f"),
                 _pm(100 * r["best_acc_mean"], 100 * r["best_acc_std"], ".2f"),
-                *([] if compact else [f"{100 * r['target_acc']:.2f}"]),
+                *([] if compact else [_target(r["target_acc"])]),
                 _to_target(r, "rounds_to_target_mean", "rounds_to_target_std", ".1f"),
                 _to_target(r, "mb_to_target_mean", "mb_to_target_std", ",.1f"),
                 *(
@@ -135,6 +144,7 @@ def markdown(report: Report, plots: Iterable[str] = PLOTS) -> str:
             else []
         ),
         "Diverged: runs stopped by a non-finite loss or update; their rounds before it count.",
+        *([DEGENERATE_NOTE] if any(r.degenerate for r in runs) else []),
         "",
         "| " + " | ".join(header) + " |",
         "|"
@@ -157,12 +167,13 @@ def rich_table(report: Report):
     header, rows = table_rows(report, compact=True)
     n_text = key_columns(header)
     const = ", ".join(f"{k}={v}" for k, v in constant_keys(report).items())
-    targets = sorted(set(report.summary["target_acc"].round(4)))
-    tgt = ", ".join(f"{100 * t:.2f}%" for t in targets)
+    targets = sorted({t for t in report.summary["target_acc"].round(4) if not math.isnan(t)})
+    tgt = ", ".join(f"{100 * t:.2f}%" for t in targets) or "–"
+    degenerate = any(r.degenerate for r in report.runs)
     table = Table(
         title=f"{const}  |  {len(report.runs)} runs  |  target acc {tgt}",
         title_justify="left",
-        caption=report.target_note,
+        caption=report.target_note + (f"\n{DEGENERATE_NOTE}" if degenerate else ""),
         caption_justify="left",
     )
     for i, h in enumerate(header):
@@ -170,6 +181,13 @@ def rich_table(report: Report):
     for r in rows:
         table.add_row(*r)
     return table
+
+
+DEGENERATE_NOTE = (
+    "Degenerate: runs whose best accuracy is at or below the majority baseline, or whose "
+    "train loss grew 1000x round 1's; their rounds neither reach the target nor set it "
+    "(nor does a round with a non-finite test loss or accuracy)."
+)
 
 
 def _clock_note(report: Report) -> str:

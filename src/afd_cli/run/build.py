@@ -22,6 +22,7 @@ from ..federated.guard import SKIP, Diverged, FiniteGuard, all_finite
 from ..federated.round import CHUNK, Federation, RoundResult, run_round
 from ..flops import TrainingCost
 from ..state import StateStore
+from .degenerate import lower_steps
 from .rundir import STATE_DIR
 
 
@@ -90,17 +91,32 @@ def make_trainer(cfg: RootConfig, model: models.FLModel, train: data.Samples, de
     return SequentialTrainer(model, train, sgd, device=device, workers=cpu_workers(cfg))
 
 
+_loaded: dict[tuple, data.FederatedDataset] = {}  # the last dataset loaded, for the next run
+
+
 def load_data(cfg: RootConfig) -> data.FederatedDataset:
-    """The configured dataset, split with seed 0 (every run seed shares one test set)."""
-    return data.load(cfg.dataset.name, Path(cfg.data_dir).expanduser(), cfg.dataset, seed=0)
+    """The configured dataset, split with seed 0 (every run seed shares one test set). The last
+    one loaded is kept: the feasibility check before a run and the run share one load, and so
+    do the jobs of a sweep over one dataset."""
+    key = (cfg.dataset.name, str(Path(cfg.data_dir).expanduser()), repr(cfg.dataset))
+    if key not in _loaded:
+        _loaded.clear()
+        _loaded[key] = data.load(key[0], Path(key[1]), cfg.dataset, seed=0)
+    return _loaded[key]
 
 
 def make_partition(cfg: RootConfig, ds: data.FederatedDataset) -> list[np.ndarray]:
     p, s = cfg.partition, cfg.schedule
     plugin = registry.get("partition", p.name)
     labels = ds.train.labels.cpu().numpy()
+    natural = getattr(plugin.obj, "needs_groups", False)  # num_clients is only a cap there
+    if not natural and s.num_clients > len(labels):
+        raise ConfigError(
+            f"schedule.num_clients={s.num_clients} is more than the {len(labels):,} training "
+            f"samples of dataset={cfg.dataset.name}: some clients would have none; lower it"
+        )
     try:
-        if getattr(plugin.obj, "needs_groups", False) and ds.groups is None:
+        if natural and ds.groups is None:
             raise ValueError("it needs per-sample groups, which this dataset does not have")
         parts = plugin.obj(labels, s.num_clients, cfg.seed, p, ds.groups)
     except ValueError as e:
@@ -118,12 +134,28 @@ def new_model(cfg: RootConfig, ds: data.FederatedDataset, device: torch.device) 
     return factory(ds.input_shape, ds.num_classes, cfg.model).to(device)
 
 
-def divergence_hint(cfg: RootConfig) -> str:
-    """The likely cause and what to try, for :class:`Diverged` messages."""
-    hint = f"the learning rate may be too high (schedule.lr={cfg.schedule.lr:g}); lower it"
-    if cfg.on_nonfinite != SKIP:
-        hint += " or drop such clients with on_nonfinite=skip_client"
-    return hint
+def divergence_hint(cfg: RootConfig, client: bool = True) -> str:
+    """The likely cause and what to try, for :class:`Diverged` messages.
+
+    ``client``: a client's local loss or update is non-finite, so its local steps were too
+    large: lower them, or leave such clients out (``on_nonfinite=skip_client``). Otherwise
+    every client's result was finite and the global model broke (non-finite after
+    aggregation, at evaluation, or its loss exploding): leaving clients out cannot help, only
+    smaller steps, the clients' or the server's.
+    """
+    s, c = cfg.schedule, cfg.compression
+    local = [f"schedule.lr={s.lr:g}"]
+    if s.momentum:
+        local.append(f"schedule.momentum={s.momentum:g}")
+    if client:
+        them = "them" if len(local) > 1 else "it"
+        hint = f"the learning rate may be too high ({', '.join(local)}); lower {them}"
+        if cfg.on_nonfinite != SKIP:
+            hint += " or drop such clients with on_nonfinite=skip_client"
+        return hint
+    return "every client's result was finite, so on_nonfinite=skip_client cannot help; " + (
+        lower_steps(s.lr, c.server_lr, s.momentum, c.server_momentum)
+    )
 
 
 def majority_share(labels: torch.Tensor) -> float:
@@ -178,7 +210,7 @@ class Simulation:
                 t + 1,
                 None,
                 "the global model has non-finite weights after aggregation",
-                divergence_hint(self.cfg),
+                divergence_hint(self.cfg, client=False),
             )
         return r
 
@@ -208,7 +240,7 @@ def build(
     model = new_model(cfg, ds, device)
     shapes = {k: tuple(p.shape) for k, p in model.named_parameters()}
     spill = run_dir / STATE_DIR if run_dir is not None and distributed.world() is None else None
-    store = StateStore(cfg.state.memory_mb, spill, cfg.state.dtype)
+    store = StateStore(cfg.state.memory_mb, spill, cfg.state.dtype, cfg.state.fsync)
     s = cfg.schedule
     example = ds.train.batch(torch.zeros(1, dtype=torch.long))[0]  # one input, for FLOPs
     cost = TrainingCost(model, example, s.local_epochs, s.batch_size)

@@ -1,7 +1,8 @@
 """What happens after each round, one small callback each: evaluate the global model, advance
-the simulated clock, count the bytes and build the row, checkpoint, write the rows, show
-progress. The loop (:mod:`.loop`) calls them in this order; each sees the run's
-:class:`~.state.RunState` and the round's :class:`RoundEnd`, and fills in its part.
+the simulated clock, count the bytes and build the row, watch the train loss, checkpoint,
+write the rows, show progress. The loop (:mod:`.loop`) calls them in this order; each sees
+the run's :class:`~.state.RunState` and the round's :class:`RoundEnd`, and fills in its part
+(``stop``: an exception the loop raises once the round's rows are written).
 
 Under torchrun every process runs every callback (evaluation and the checkpoint are
 collective); only rank 0 writes files and shows progress.
@@ -15,12 +16,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..federated import team
+from ..federated import distributed, team
 from ..federated.client import Evaluator
 from ..federated.guard import STOP, Diverged
 from ..federated.round import RoundResult
 from ..metrics import ClientsWriter, MetricsWriter, RoundProgress, RoundRow, WidthsWriter
-from . import checkpoint
+from . import checkpoint, degenerate
 from .build import cpu_workers, divergence_hint
 from .rundir import CHECKPOINT, CLIENTS, METRICS
 
@@ -44,6 +45,8 @@ class RoundEnd:
     sim_round_s: float | None = None  # None: no clock
     row: RoundRow | None = None
     width_rows: list[dict[str, Any]] = field(default_factory=list)  # widths.csv rows
+    exploded: bool = False  # the run's first round whose train loss exploded (degenerate)
+    stop: Exception | None = None  # raised by the loop once every callback has run
 
 
 class Callback:
@@ -79,7 +82,7 @@ class Evaluate(Callback):
                     t + 1,
                     None,
                     f"non-finite test loss ({end.test_loss}) of the global model",
-                    divergence_hint(cfg),
+                    divergence_hint(cfg, client=False),
                 )
             state.evaluated(t + 1, end.test_acc)
             if self.sim.strategy.eval_due(t + 1, t + 1 == cfg.schedule.rounds):
@@ -159,6 +162,43 @@ class Totals(Callback):
         )
 
 
+class LossExploded(Diverged):
+    """``on_degenerate=stop``: the train loss exploded (:mod:`.degenerate`) with every value
+    finite; one line naming the round, the losses and what to try."""
+
+
+class LossWatch(Callback):
+    """The train loss against round 1's (:mod:`.degenerate`, as ``metrics.csv`` holds them):
+    the first round at :data:`~.degenerate.LOSS_GROWTH` times it or more is marked on its
+    progress line (stderr holds one line, for how the run ended; ``summary.json`` reads the
+    losses from ``metrics.csv``); ``on_degenerate=stop`` ends the run at such a round once its
+    rows are written, on every process (the loss is the round's, gathered). A resumed run
+    reads round 1's loss back from ``metrics.csv``, so the checkpoint holds nothing more."""
+
+    def __init__(self, sim: Simulation, run_dir: Path) -> None:
+        self.cfg, self.path = sim.cfg, run_dir / METRICS
+        self.first: float | None = None  # round 1's train loss
+        self.seen = False  # a round exploded already
+        self.known = False  # first and seen are known (round 1 ran here, or was read back)
+
+    def round_end(self, state: RunState, end: RoundEnd) -> None:
+        loss = degenerate.as_written(end.result.train_loss)
+        if end.t == 0:
+            self.first, self.seen, self.known = loss, False, True
+        elif not self.known:  # resumed: rounds 1..t are in metrics.csv (Rows wrote them)
+            self.first, seen = distributed.from_lead(
+                lambda: degenerate.first_and_explosion(self.path), "reading round 1's loss"
+            )
+            self.seen, self.known = seen is not None, True
+        if not degenerate.exploded(self.first, loss):
+            return
+        end.exploded, self.seen = not self.seen, True
+        if self.cfg.on_degenerate == degenerate.STOP:
+            what = degenerate.growth_text(loss, self.first)
+            hint = divergence_hint(self.cfg, client=False)
+            end.stop = LossExploded(end.t + 1, None, f"{what} (on_degenerate=stop)", hint)
+
+
 class Checkpoint(Callback):
     """Every ``checkpoint_every`` rounds and at the last (see :mod:`.checkpoint`); holds the
     round's rows, so a kill before they are written loses nothing."""
@@ -227,7 +267,8 @@ class Progress(Callback):
 
     def round_end(self, state: RunState, end: RoundEnd) -> None:
         assert end.row is not None
-        self.bar.round_done(end.row)
+        note = f" (train loss {degenerate.LOSS_GROWTH:g}x round 1's: degenerate)"
+        self.bar.round_done(end.row, note=note if end.exploded else "")
 
     def close(self) -> None:
         self.bar.close()

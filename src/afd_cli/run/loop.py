@@ -1,5 +1,5 @@
 """The loop over rounds: build the run, start where it stands, run each round, then its
-callbacks (evaluate, clock, totals, checkpoint, rows, progress), then the summary.
+callbacks (evaluate, clock, totals, loss watch, checkpoint, rows, progress), then the summary.
 
 Outputs in the run directory (names in :mod:`.rundir`): ``metrics.csv`` (a row per round),
 ``clients.csv`` (a row per client and round), ``partition.csv``, ``checkpoint.pt`` and
@@ -19,6 +19,7 @@ from ..federated import distributed
 from ..metrics import sim_time_to, write_json_atomic
 from . import callbacks as cb
 from .build import Simulation, build, majority_share
+from .degenerate import degenerate_reason, first_and_explosion
 from .resume import comparable, start
 from .rundir import METRICS, PARTITION, SUMMARY
 from .state import RunState
@@ -44,6 +45,7 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
         cb.Evaluate(sim),
         cb.SimulatedClock(sim),
         cb.Totals(sim),
+        cb.LossWatch(sim, run_dir),
         cb.Checkpoint(sim, run_dir, comparable(cfg), lead),
         cb.Rows(run_dir, cfg.schedule.clients_per_round, keep, pending, lead),
         cb.Progress(sim, state.round, lead),
@@ -55,6 +57,8 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
             end = cb.RoundEnd(t, t0, result)
             for step in steps:
                 step.round_end(state, end)
+            if end.stop is not None:  # asked for by a callback, the round's rows written
+                raise end.stop
     finally:
         for step in reversed(steps):
             step.close()
@@ -67,10 +71,17 @@ def run(cfg: RootConfig, run_dir: Path) -> dict[str, Any]:
 def summarize(
     sim: Simulation, state: RunState, run_dir: Path, wall_s: float, lead: bool
 ) -> dict[str, Any]:
-    """``summary.json``: totals, the best and last accuracy, time to 99% of the best, sizes."""
+    """``summary.json``: totals, the best and last accuracy, time to 99% of the best, sizes,
+    and whether the run is degenerate (:mod:`.degenerate`)."""
     cfg, clocked = sim.cfg, sim.clock is not None
     target = TARGET_SHARE * state.best_acc if state.best_acc is not None else None
     client_bytes = distributed.total(sim.compressor.state_nbytes(), "adding up the state")
+    majority = majority_share(sim.test.labels)
+    # the first round whose train loss was 1000x round 1's, or None (rank 0 has the file)
+    exploded = first_and_explosion(run_dir / METRICS)[1] if lead else None
+    degenerate = degenerate_reason(
+        {"best_acc": state.best_acc, "majority_baseline": majority, "loss_explosion": exploded}
+    )
     return {
         "rounds": state.round,
         "final_acc": state.last_acc,
@@ -94,7 +105,9 @@ def summarize(
         "wall_s": wall_s,
         "num_params": sim.fed.full_size,
         "num_clients": len(sim.parts),
-        "majority_baseline": majority_share(sim.test.labels),
+        "majority_baseline": majority,
+        "loss_explosion": exploded,
+        "degenerate": degenerate,  # why the run means little (run/degenerate.py), or None
         "compressor_state_bytes": client_bytes + sim.fed.server.nbytes(),
         "client_state_bytes": sim.store.nbytes(),  # all per-client state, memory and disk
         "client_state_peak_memory_bytes": sim.store.peak_resident,  # this process's peak

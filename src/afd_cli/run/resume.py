@@ -22,7 +22,7 @@ from ..config import ConfigError, RootConfig, validate
 from ..federated import distributed
 from ..federated.round import SOLO
 from ..metrics import intact_client_rows, intact_rows
-from . import checkpoint
+from . import checkpoint, rundir
 from .build import resolve_device, resolve_precision
 from .rundir import CHECKPOINT, CLIENTS, HYDRA, METRICS, RESUME_LOG, RUN_OUTPUTS, STATE_DIR, SUMMARY
 from .state import RunState
@@ -41,7 +41,9 @@ MAY_CHANGE = (
     "checkpoint_every",
     "trainer",
     "state.memory_mb",  # spilling to disk and reading back is exact
+    "state.fsync",  # when bytes reach the disk, not which
     "on_nonfinite",  # matters only once a result is non-finite
+    "on_degenerate",  # matters only once the train loss has exploded
     "schedule.rounds",  # extending a finished run with more rounds is allowed
     "schedule.eval_every",
 )
@@ -146,7 +148,8 @@ def start(sim: Simulation, run_dir: Path) -> tuple[RunState, dict[str, Any] | No
         lambda: resume_point(sim.cfg, run_dir, sim), "reading the checkpoint"
     )
     if ckpt is not None and "store" in ckpt:  # one process (resume_point inlines otherwise)
-        sim.store.restore(ckpt["store"])  # per-client state stays on disk until asked for
+        # per-client state stays on disk until asked for; load() checked every file
+        sim.store.restore(ckpt["store"], checked=True)
     elif sim.fed.team is SOLO:
         sim.store.reset()  # starting over (or from an inline checkpoint): no stale state files
     if ckpt is None:
@@ -233,3 +236,50 @@ def prepare(run_dir: Path, cfg: RootConfig, from_scratch: bool) -> None:
     if record is not None:
         with (run_dir / RESUME_LOG).open("a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def launch_overrides(run_dir: Path, overrides: list[str], from_scratch: bool) -> list[str]:
+    """The overrides ``afd resume`` launches with: the run's own (``.hydra/overrides.yaml``),
+    then the new ones; locked and checked (:func:`check`) before the directory is changed
+    (rank 0 alone under torchrun). Raises ConfigError with one line otherwise."""
+    from omegaconf import ListConfig, OmegaConf
+
+    from .. import compose
+
+    saved = run_dir / HYDRA / "overrides.yaml"
+    if not saved.exists():
+        if run_dir.is_dir() and rundir.unused_claim(run_dir):
+            raise ConfigError(
+                f"{run_dir} was claimed but its run never started (an empty .hydra/); start it "
+                f"with: afd run ... hydra.run.dir={run_dir}"
+            )
+        raise ConfigError(f"{run_dir} is not a run directory (no .hydra/overrides.yaml)")
+    rundir.lock(run_dir)  # before anything is read for changing: one writer at a time
+    try:
+        listed = OmegaConf.load(saved)
+        if not isinstance(listed, ListConfig) or not all(isinstance(o, str) for o in listed):
+            raise ValueError("not a list of key=value overrides")
+    except Exception as e:
+        why = " ".join(str(e).split())[:120]
+        raise ConfigError(
+            f"{saved} is damaged ({why}); the run cannot be resumed from it: start a new run"
+        ) from None
+    key = compose.override_key
+    for o in overrides:
+        name, _, value = o.partition("=")
+        if key(name) == "resume" and value.strip().lower() != "true":
+            raise ConfigError(
+                f"{o} contradicts `afd resume`; to start the run over use: "
+                f"afd resume {run_dir} --from-scratch"
+            )
+        if key(name) == "hydra.run.dir":
+            raise ConfigError(f"{o}: afd resume continues the run in {run_dir}; it cannot move it")
+    overrides = [o for o in overrides if key(o) != "resume"]
+    old = [str(o) for o in listed if key(str(o)) not in ("hydra.run.dir", "resume")]
+    new = {key(o) for o in overrides}
+    merged = [o for o in old if key(o) not in new] + overrides
+    try:
+        prepare(run_dir, compose.check(merged), from_scratch)
+    except OSError as e:
+        raise ConfigError(f"cannot change {e.filename or run_dir}: {e.strerror or e}") from None
+    return merged

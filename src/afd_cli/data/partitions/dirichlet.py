@@ -53,6 +53,7 @@ def dirichlet(
         if min(len(p) for p in parts) >= min_client_size:
             return sorted_parts(parts)
     raise ValueError(
-        f"dirichlet(alpha={alpha}) gave a client fewer than {min_client_size} samples in "
-        f"{DIRICHLET_MAX_ATTEMPTS} draws; raise alpha or lower min_client_size / num_clients"
+        f"Dirichlet(partition.alpha={alpha}) gave a client fewer than {min_client_size} "
+        f"samples in {DIRICHLET_MAX_ATTEMPTS} draws; raise partition.alpha or lower "
+        f"schedule.num_clients"
     )

@@ -1,6 +1,6 @@
-"""README's codec figures, held as tightly as it states them.
+"""The documented codec figures (docs/concepts/compression.md), held as tightly as stated.
 
-README "Compression": "On a cnn_mnist-sized update at 99.9% sparsity the payload is 14,765 B
+docs/concepts/compression.md: "On a cnn_mnist-sized update at 99.9% sparsity the payload is 14,765 B
 against an entropy bound (log2 C(n,k) + 32 bits per value) of 14,699 B, 1.0045x; 1/451 of
 dense fp32 (`make benchmark`, section c)". Section c encodes each cnn_mnist tensor of a
 random update on its own: tensors under 1,024 entries (the biases) dense, the others as the
@@ -41,7 +41,7 @@ def _sparse_payload(tensors: dict[str, torch.Tensor], sparsity: float) -> tuple[
     return codec.encode(records), bound
 
 
-# measured (seeds 0-3): 1.00444-1.00464x the bound, 1/450.6 of dense (README: 1.0045x, 1/451)
+# measured (seeds 0-3): 1.00444-1.00464x the bound, 1/450.6 of dense (docs: 1.0045x, 1/451)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_sparse_payload_at_99_9_percent_is_the_readme_ratio_to_the_entropy_bound(seed):
     tensors = _update(seed)
@@ -61,9 +61,9 @@ def test_sparse_payload_at_99_9_percent_is_the_readme_ratio_to_the_entropy_bound
             assert torch.equal(r.values.flatten(), flat)
 
 
-def test_the_readme_still_states_these_figures():
-    """If the README's figures change, this file's bars must follow them."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    text = " ".join(readme.split())
-    assert "14,765 B against an entropy bound" in text and "of 14,699 B, 1.0045x" in text
+def test_the_docs_still_state_these_figures():
+    """If the documented figures change, this file's bars must follow them."""
+    page = Path(__file__).resolve().parents[1] / "docs" / "concepts" / "compression.md"
+    text = " ".join(page.read_text().split())
+    assert "14,765 B against an entropy bound" in text and "14,699 B (1.0045×)" in text
     assert "1/451 of dense fp32" in text
