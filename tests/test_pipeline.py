@@ -137,6 +137,10 @@ def test_batched_trainer_gives_the_sequential_run(tmp_path, monkeypatch, strateg
     combo = (strategy, "none", False)
     rounds = 2 if model == "mlp" else 1
     extra = ["device=cpu", f"model={model}", "partition=dirichlet", f"schedule.rounds={rounds}"]
+    if registry.load("strategy", strategy).plans_steps:  # a width per local step (FjORD)
+        with pytest.raises(ConfigError, match="trainer=batched cannot train"):
+            run(tmp_path / "bat", combo, *extra, "trainer=batched")
+        return
     seq, _ = run(tmp_path / "seq", combo, *extra, "trainer=sequential")
     bat, _ = run(tmp_path / "bat", combo, *extra, "trainer=batched", "trainer.chunk=2")
     assert len(seq) == rounds

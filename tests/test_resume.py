@@ -15,6 +15,7 @@ from helpers import afd_run, snapshot
 
 from afd_cli.metrics import (
     CLIENT_COLUMNS,
+    CLIENT_INT_COLUMNS,
     COLUMNS,
     TIMING_COLUMNS,
     intact_client_rows,
@@ -120,10 +121,12 @@ def test_resume_cuts_client_rows_past_the_checkpoint(finished, run):
     assert_same_rounds(finished, run)
 
 
-def test_intact_client_rows_keep_whole_rounds_only(tmp_path):
+@pytest.mark.parametrize("width", [False, True], ids=["before-width", "with-width"])
+def test_intact_client_rows_keep_whole_rounds_only(tmp_path, width):
     f = tmp_path / "clients.csv"
-    head = ",".join(CLIENT_COLUMNS).encode() + b"\r\n"
-    body = b"".join(b"%d,%d,9,9,3,1,30,0\r\n" % (r, c) for r in (1, 2, 3) for c in (4, 7))
+    head = ",".join(CLIENT_COLUMNS if width else CLIENT_INT_COLUMNS).encode() + b"\r\n"
+    row = b"%d,%d,9,9,3,1,30,0,0.5\r\n" if width else b"%d,%d,9,9,3,1,30,0\r\n"
+    body = b"".join(row % (r, c) for r in (1, 2, 3) for c in (4, 7))
     f.write_bytes(head + body)
     assert len(intact_client_rows(f, 2)) == 6 and len(intact_client_rows(f, 2, 2)) == 4
     f.write_bytes(head + body[:-5])  # round 3 cut short: rounds 1-2

@@ -14,6 +14,7 @@ through the functional LSTM of the batched trainer instead (same gates, same mat
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch.nn import functional as F
@@ -21,6 +22,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .models import FLModel
 from .models.char_lstm import CharLSTM
+
+if TYPE_CHECKING:
+    from .federated.client import StepPlan
 
 
 def training_flops(module: FLModel, x: torch.Tensor) -> int:
@@ -60,6 +64,21 @@ class TrainingCost:
 
     def flops(self, units: dict[str, int], samples: int) -> int:
         return self.per_sample(units) * samples * self.epochs
+
+    def plan_flops(self, plan: StepPlan, units: dict[str, int], samples: int) -> int:
+        """FLOPs of local training by a :class:`~afd_cli.federated.client.StepPlan`: each
+        step's batch (``B`` samples, the epoch's last one ``samples % B``) at that step's
+        units, plus the whole sub-model's pass (``units``) with self-distillation."""
+        sizes = [self.batch_size] * (samples // self.batch_size)
+        if samples % self.batch_size:
+            sizes.append(samples % self.batch_size)
+        sizes = sizes * self.epochs
+        if len(sizes) != len(plan.units):
+            raise ValueError(f"a plan of {len(plan.units)} steps for {len(sizes)} local steps")
+        total = sum(self.per_sample(u) * n for u, n in zip(plan.units, sizes, strict=True))
+        if plan.distill:
+            total += self.per_sample(units) * samples * self.epochs
+        return total
 
     def steps(self, samples: int) -> int:
         """SGD steps: ``ceil(samples / B)`` batches per epoch (a short last batch counts)."""

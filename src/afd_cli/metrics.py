@@ -7,7 +7,9 @@ first, so the file never holds a round twice or a half row. Timing columns (``wa
 
 ``clients.csv`` holds one row per (round, client), written the same way just before the
 round's ``metrics.csv`` row and cut back with it on resume: what each client cost (bytes,
-samples, local steps, training FLOPs) and whether the clock's deadline dropped it. The
+samples, local steps, training FLOPs), whether the clock's deadline dropped it and the width
+of its sub-model. ``widths.csv`` (strategies with ``strategy.eval_widths``) holds the test
+accuracy of each width's sub-model at the rounds they are tested. The
 simulated ``sim_*`` columns of ``metrics.csv`` are a function of it (:mod:`afd_cli.network`).
 
 ``wall_s`` is the whole round: sampling, training, codecs, aggregation, evaluation and the
@@ -44,6 +46,7 @@ class ClientRow:
     steps: int  # local SGD steps: ceil(samples / batch_size) * local_epochs
     flops: int  # FLOPs of its local training (forward + backward of the model it trained)
     dropped: int  # 1: finished after network.deadline_s, left out of the round
+    width: float = 1.0  # its sub-model's nominal width (a tier; 1 - rate for dropout)
 
 
 @dataclass
@@ -82,6 +85,10 @@ TIMING_COLUMNS = ("wall_s", "train_s", "eval_s")
 SIM_COLUMNS = ("sim_round_s", "sim_time_s")  # written with 12 digits: re-timing matches them
 TEXT_COLUMNS = ("dataset", "model", "partition", "strategy", "compression")
 CLIENT_COLUMNS = [f.name for f in fields(ClientRow)]
+# the integer columns, which are all a clients.csv had before ``width`` (such files are still
+# read, resumed and re-timed; their rows have an empty width)
+CLIENT_INT_COLUMNS = [c for c in CLIENT_COLUMNS if c != "width"]
+WIDTH_COLUMNS = ["round", "width", "test_loss", "test_acc"]  # widths.csv
 
 
 def intact_rows(path: Path, keep_rounds: int | None = None) -> list[dict[str, str]]:
@@ -147,24 +154,29 @@ def intact_client_rows(
     path: Path, per_round: int, keep_rounds: int | None = None
 ) -> list[dict[str, str]]:
     """The rows of ``clients.csv`` of its first whole rounds (``per_round`` rows each, rounds
-    1, 2, ... in order, every cell an integer), at most ``keep_rounds`` rounds; reading stops
-    at the first damaged line, and a round cut short by it is left out."""
+    1, 2, ... in order, every cell an integer but the width, a number or empty), at most
+    ``keep_rounds`` rounds; reading stops at the first damaged line, and a round cut short by
+    it is left out. A file from before the ``width`` column is read too (no ``width`` key)."""
     try:
         lines = path.read_bytes().split(b"\n")[:-1]
     except FileNotFoundError:
         return []
-    if not lines or _fields(lines[0]) != CLIENT_COLUMNS:
+    header = _fields(lines[0]) if lines else None
+    if header not in (CLIENT_COLUMNS, CLIENT_INT_COLUMNS):
         return []
     rows: list[dict[str, str]] = []
     for raw in lines[1:]:
         fields = _fields(raw)
-        if fields is None or len(fields) != len(CLIENT_COLUMNS):
+        if fields is None or len(fields) != len(header):
             break
-        if not all(f.isdigit() for f in fields):
+        row = dict(zip(header, fields, strict=True))
+        if not all(row[c].isdigit() for c in CLIENT_INT_COLUMNS):
             break
-        if int(fields[0]) != len(rows) // per_round + 1:
+        if not _is_number(row.get("width", "")):
             break
-        rows.append(dict(zip(CLIENT_COLUMNS, fields, strict=True)))
+        if int(row["round"]) != len(rows) // per_round + 1:
+            break
+        rows.append(row)
     whole = len(rows) // per_round
     if keep_rounds is not None:
         whole = min(whole, keep_rounds)
@@ -213,11 +225,82 @@ class ClientsWriter:
 
     def write(self, rows: list[ClientRow] | list[dict[str, Any]]) -> None:
         plain = [asdict(r) if isinstance(r, ClientRow) else r for r in rows]
-        self._writer.writerows([{k: int(r[k]) for k in CLIENT_COLUMNS} for r in plain])
+        self._writer.writerows(
+            [
+                {**{k: int(r[k]) for k in CLIENT_INT_COLUMNS}, "width": _width(r.get("width"))}
+                for r in plain
+            ]
+        )
         self._file.flush()
 
     def close(self) -> None:
         self._file.close()
+
+
+def _width(v: Any) -> Any:
+    """A width cell: the number, or empty for a row from before the column (a checkpoint's
+    pending row of an older run)."""
+    return "" if v is None or v == "" else _fmt(float(v))
+
+
+def intact_width_rows(path: Path, keep_rounds: int | None = None) -> list[dict[str, str]]:
+    """The rows of ``widths.csv`` up to round ``keep_rounds``, in order, stopping at the first
+    damaged line (as :func:`intact_rows`)."""
+    try:
+        lines = path.read_bytes().split(b"\n")[:-1]
+    except FileNotFoundError:
+        return []
+    if not lines or _fields(lines[0]) != WIDTH_COLUMNS:
+        return []
+    rows: list[dict[str, str]] = []
+    for raw in lines[1:]:
+        fields = _fields(raw)
+        if fields is None or len(fields) != len(WIDTH_COLUMNS) or not all(map(_is_number, fields)):
+            break
+        row = dict(zip(WIDTH_COLUMNS, fields, strict=True))
+        if not row["round"].isdigit() or (rows and int(row["round"]) < int(rows[-1]["round"])):
+            break
+        if keep_rounds is not None and int(row["round"]) > keep_rounds:
+            break
+        rows.append(row)
+    return rows
+
+
+class WidthsWriter:
+    """``widths.csv``: the test loss and accuracy of each width's sub-model, one row per width
+    at the rounds its strategy tests them (HeteroFL's evaluation); created with the first
+    rows, and on resume cut back to the rounds kept, like ``metrics.csv``."""
+
+    def __init__(self, path: Path, keep_rounds: int = 0):
+        self.path = path
+        rows = intact_width_rows(path, keep_rounds) if keep_rounds else []
+        self._file = None
+        if rows:
+            self._open(rows)
+        else:
+            path.unlink(missing_ok=True)
+
+    def _open(self, rows: list[dict[str, Any]]) -> None:
+        tmp = self.path.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=WIDTH_COLUMNS)
+            w.writeheader()
+            w.writerows(rows)
+        os.replace(tmp, self.path)
+        self._file = self.path.open("a", newline="")
+        self._writer = csv.DictWriter(self._file, fieldnames=WIDTH_COLUMNS)
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        if self._file is None:
+            self._open([])
+        self._writer.writerows([{k: _fmt(r[k]) for k in WIDTH_COLUMNS} for r in rows])
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
 
 
 def _fmt(v: Any, digits: int = 6) -> Any:

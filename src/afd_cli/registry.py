@@ -42,7 +42,9 @@ from .options import NoOptions, Options, base_type, hints
 if TYPE_CHECKING:
     import torch
 
+    from .flops import TrainingCost
     from .models.base import FLModel
+    from .network import Clock
     from .state import StateStore
 
 
@@ -98,6 +100,11 @@ class Setup:
     seed: int
     device: torch.device
     store: StateStore  # where per-client state lives: bounded in memory, checkpointed
+    # What a width assignment from the clock needs (``strategy.assign=device``); a run fills
+    # them in, hand-built setups (tests, a checkpoint's throwaway owners) may leave them out.
+    samples: tuple[int, ...] | None = None  # each client's training samples, by client id
+    clock: Clock | None = None  # the simulated clock (None: network=none)
+    cost: TrainingCost | None = None  # local training FLOPs per sub-model shape
 
 
 _table: dict[str, dict[str, Plugin]] = {g: {} for g in GROUPS}

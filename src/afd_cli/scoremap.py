@@ -100,8 +100,16 @@ class ScoreMap:
         self.keep: Keep | None = None  # A; None = draw a new one at the next select
         self.last_loss: float | None = None
 
+    def set_rate(self, rate: float) -> None:
+        """Another budget (a client's or a round's width changed): the next :meth:`select`
+        redraws ``A`` by the scores if its size no longer fits."""
+        self.budget = {k: units_to_keep(n, rate) for k, n in self.units.items()}
+
     def select(self, gen: torch.Generator) -> Keep:
-        """The kept units ``A``: the retained set, or a fresh weighted random draw."""
+        """The kept units ``A``: the retained set, or a fresh weighted random draw (also when
+        the budget changed since ``A`` was drawn)."""
+        if self.keep is not None and any(len(v) != self.budget[k] for k, v in self.keep.items()):
+            self.keep = None
         if self.keep is None:
             self.keep = {
                 k: weighted_keep(s, self.budget[k], gen, self.explore)

@@ -23,10 +23,32 @@ def units_to_keep(total: int, rate: float) -> int:
     return max(1, min(total, math.ceil((1.0 - rate) * total - 1e-9)))
 
 
-class View:
-    """One client's sub-model: kept unit indices per droppable layer (``None`` = everything)."""
+def units_at_width(total: int, width: float) -> int:
+    """HeteroFL's, FedRolex's and FjORD's count: a layer of width ``width`` keeps
+    ``ceil(width * units)`` units (at least one), computed as their code does, without slack
+    for float noise (0.6 * 200 = 120.00000000000001 keeps 121, as ``np.ceil`` there)."""
+    return max(1, min(total, math.ceil(width * total)))
 
-    def __init__(self, model: FLModel, keep: dict[str, torch.Tensor] | None = None):
+
+def prefix_keep(model: FLModel, width: float) -> dict[str, torch.Tensor]:
+    """HeteroFL's and FjORD's nested sub-model: the first ceil(width * units) units per layer."""
+    return {name: torch.arange(units_at_width(n, width)) for name, n in model.units.items()}
+
+
+class View:
+    """One client's sub-model: kept unit indices per droppable layer (``None`` = everything).
+
+    ``width``: the strategy's nominal width of this sub-model (``clients.csv``'s ``width``):
+    HeteroFL's tier, ``1 - rate`` for dropout. Without one it is read off the unit counts.
+    """
+
+    def __init__(
+        self,
+        model: FLModel,
+        keep: dict[str, torch.Tensor] | None = None,
+        width: float | None = None,
+    ):
+        self._width = width
         self.full_units = dict(model.units)
         self.layout = model.layout
         self.keep = None if keep is None else {k: v.sort().values for k, v in keep.items()}
@@ -41,6 +63,15 @@ class View:
     @property
     def is_full(self) -> bool:
         return self.keep is None
+
+    @property
+    def width(self) -> float:
+        """The nominal width; without one, the smallest kept share of a layer's units."""
+        if self._width is not None:
+            return self._width
+        if self.keep is None or not self.units:
+            return 1.0
+        return min(self.units[k] / self.full_units[k] for k in self.units)
 
     def _expand(self, a: Axis) -> torch.Tensor:
         idx = self.keep[a.layer]

@@ -52,6 +52,7 @@ from torch.nn import functional as F
 from ..data import Samples
 from ..models import FLModel
 from ..models.char_lstm import CharLSTM
+from ..models.char_lstm import lstm_layer as _lstm_layer
 from .client import LocalJob, LocalResult, LocalSGD, Params, SequentialTrainer, autocast
 
 CPU_CHUNK = 32  # clients trained together on CPU when chunk is None
@@ -63,33 +64,6 @@ StepFn = Callable[..., tuple[Params, torch.Tensor]]
 
 def _key(units: dict[str, int]) -> tuple[int, ...]:
     return tuple(units[k] for k in sorted(units))
-
-
-def _lstm_layer(
-    x: torch.Tensor,
-    w_ih: torch.Tensor,
-    w_hh: torch.Tensor,
-    b_ih: torch.Tensor,
-    b_hh: torch.Tensor,
-    sequence: bool,
-) -> torch.Tensor:
-    """One ``nn.LSTM(batch_first=True)`` layer from zero state, written with vmap-able ops.
-
-    Returns the outputs of all time steps ``[B, T, H]`` if ``sequence``, else the last ``[B, H]``.
-    """
-    hidden = w_hh.shape[1]
-    xg = F.linear(x, w_ih, b_ih)  # input projection of every time step at once: [B, T, 4H]
-    h = xg.new_zeros(xg.shape[0], hidden)
-    c = torch.zeros_like(h, dtype=torch.float32)
-    outs = []
-    for t in range(xg.shape[1]):
-        gates = xg[:, t] + F.linear(h, w_hh, b_hh)
-        i, f, g, o = gates.chunk(4, 1)
-        c = f.sigmoid() * c + i.sigmoid() * g.tanh()
-        h = o.sigmoid() * c.tanh()
-        if sequence:
-            outs.append(h)
-    return torch.stack(outs, 1) if sequence else h
 
 
 def char_lstm_forward(model: CharLSTM) -> Forward:

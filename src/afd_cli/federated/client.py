@@ -32,6 +32,21 @@ from .workers import map_ordered
 Params = dict[str, torch.Tensor]
 
 
+@dataclass(frozen=True)
+class StepPlan:
+    """How a client trains its sub-model step by step (FjORD's ordered dropout).
+
+    ``units[s]``: the units of each droppable layer that local step ``s`` trains, a prefix of
+    the job's sub-model (the other units' outputs are multiplied by 0 in that step, so they
+    neither contribute nor receive a gradient: the prefix sub-model's step, on the job's
+    weights). ``distill``: every step first trains the job's whole sub-model on the labels,
+    then the step's prefix on the whole sub-model's softmax (FjORD's self-distillation).
+    """
+
+    units: list[dict[str, int]]
+    distill: bool = False
+
+
 @dataclass
 class LocalJob:
     """Everything one client needs to train: its starting weights, data and RNG seed."""
@@ -41,6 +56,7 @@ class LocalJob:
     weights: Params
     indices: torch.Tensor
     seed: int
+    plan: StepPlan | None = None  # None: every step trains the whole sub-model
 
 
 @dataclass
@@ -140,6 +156,9 @@ class SequentialTrainer:
         data, idx = self.data.local(job.indices)
         total, steps = torch.zeros((), device=self.device), 0
         module.train()
+        if job.plan is not None:
+            total, steps = self._train_plan(module, opt, job, gen)
+            return self._result(params, total, steps, len(idx), t0)
         for _ in range(sgd.epochs):
             order = idx[torch.randperm(len(idx), generator=gen)]
             for batch in order.split(sgd.batch_size):
@@ -153,12 +172,66 @@ class SequentialTrainer:
                 opt.step()
                 total += loss.detach()
                 steps += 1
+        return self._result(params, total, steps, len(idx), t0)
+
+    @staticmethod
+    def _result(
+        params: dict[str, nn.Parameter], total: torch.Tensor, steps: int, n: int, t0: float
+    ) -> LocalResult:
         weights = {
             k: p.detach().clone(memory_format=torch.contiguous_format) for k, p in params.items()
         }
-        return LocalResult(
-            weights, float(total) / max(steps, 1), len(idx), time.perf_counter() - t0
-        )
+        return LocalResult(weights, float(total) / max(steps, 1), n, time.perf_counter() - t0)
+
+    def _train_plan(
+        self, module: nn.Module, opt: torch.optim.Optimizer, job: LocalJob, gen: torch.Generator
+    ) -> tuple[torch.Tensor, int]:
+        """Local SGD with a :class:`StepPlan`: the same batches as without one; at step ``s``
+        the units outside ``plan.units[s]`` are masked (FjORD's code: ``models.train``)."""
+        plan, sgd = job.plan, self.sgd
+        assert plan is not None
+        total, steps = torch.zeros((), device=self.device), 0
+        idx = job.indices
+        expected = -(-len(idx) // sgd.batch_size) * sgd.epochs
+        if len(plan.units) != expected:
+            raise ValueError(f"a plan of {len(plan.units)} steps for {expected} local steps")
+        try:
+            for _ in range(sgd.epochs):
+                order = idx[torch.randperm(len(idx), generator=gen)]
+                for batch in order.split(sgd.batch_size):
+                    x, y = self.data.batch(batch)
+                    if x.dim() == 4:
+                        x = x.contiguous(memory_format=self.format)
+                    opt.zero_grad(set_to_none=True)
+                    target: torch.Tensor = y
+                    if plan.distill:
+                        module.unit_masks = None
+                        with autocast(self.device, sgd.precision):
+                            full = module(x).float()
+                        F.cross_entropy(full, y).backward()
+                        target = full.detach().softmax(dim=1)
+                    module.unit_masks = self._masks(job.units, plan.units[steps])
+                    with autocast(self.device, sgd.precision):
+                        loss = F.cross_entropy(module(x).float(), target)
+                    loss.backward()
+                    opt.step()
+                    total += loss.detach()
+                    steps += 1
+        finally:
+            module.unit_masks = None
+        return total, steps
+
+    def _masks(self, units: dict[str, int], step: dict[str, int]) -> dict[str, torch.Tensor] | None:
+        """0/1 masks over each layer's units keeping the first ``step[layer]`` (cached)."""
+        if all(step[k] >= units[k] for k in units):
+            return None
+        cache = self._local.__dict__.setdefault("masks", {})
+        key = (tuple(sorted(units.items())), tuple(sorted(step.items())))
+        if key not in cache:
+            cache[key] = {
+                k: (torch.arange(n, device=self.device) < step[k]).float() for k, n in units.items()
+            }
+        return cache[key]
 
 
 @torch.inference_mode()

@@ -23,11 +23,14 @@ clients of several sub-model shapes are aggregated (chunks are multiples of
 ``aggregate.STACK``, so a round of one shape sums in the same order).
 
 What each client cost is kept as its ``clients.csv`` row (:class:`~afd_cli.metrics.ClientRow`:
-bytes each way, samples, local steps and FLOPs). The simulated clock's deadline, when there is
-one, sees each chunk's rows once its uploads are encoded and names the clients that finish too
-late (each judged by its own row): their download happened, their upload is not sent (0 bytes),
-their update is not aggregated and the strategy does not see it. Clients whose local result
-is not finite (``on_nonfinite=skip_client``, :mod:`.guard`) send nothing either.
+bytes each way, samples, local steps, FLOPs and the width of its sub-model; a strategy's
+:class:`~afd_cli.federated.client.StepPlan` -- FjORD's width per local step -- is charged
+step by step). The strategy sees the rows after the round (``observe_cost``). The simulated
+clock's deadline, when there is one, sees each chunk's rows once its uploads are encoded and
+names the clients that finish too late (each judged by its own row): their download happened,
+their upload is not sent (0 bytes), their update is not aggregated and the strategy does not
+see it. Clients whose local result is not finite (``on_nonfinite=skip_client``, :mod:`.guard`)
+send nothing either.
 
 A *team* says which of the round's clients this process trains and gathers every process's
 :class:`Uploads`; alone (:class:`Solo`, the default) that is all of them and nothing to gather.
@@ -54,7 +57,7 @@ from ..network import Clock
 from ..strategies.base import Strategy
 from ..submodel import View
 from .aggregate import STACK, MaskedMean
-from .client import LocalJob, LocalResult, Trainer
+from .client import LocalJob, LocalResult, StepPlan, Trainer
 from .guard import FiniteGuard
 from .server import ServerStep
 
@@ -160,14 +163,19 @@ def run_round(fed: Federation, round: int, on_client_done: Callable[[], None] | 
 
     for lo in range(0, len(clients), step):
         ids, vs = clients[lo : lo + step], views[lo : lo + step]
+        plans = [
+            fed.strategy.local_plan(round, c, v, fed.cost.steps(len(fed.parts[c])))
+            for c, v in zip(ids, vs, strict=True)
+        ]
         mine = team.mine(ids)
         jobs, down = [], []
-        for cid, view in ((ids[i], vs[i]) for i in mine):
+        for i in mine:
+            cid, view = ids[i], vs[i]
             payload = comp.encode_down(cid, view.extract(weights), view)
             down.append(len(payload))
             start = to_device(comp.decode_down(cid, payload, view), device)
             seed = client_seed(fed.seed, round, cid)
-            jobs.append(LocalJob(cid, view.units, start, fed.parts[cid], seed))
+            jobs.append(LocalJob(cid, view.units, start, fed.parts[cid], seed, plans[i]))
 
         t_train = time.perf_counter()
         results = guard.check(jobs, fed.trainer.train(jobs, on_client_done))
@@ -188,10 +196,20 @@ def run_round(fed: Federation, round: int, on_client_done: Callable[[], None] | 
         sizes += ups.sizes
         recs = [
             ClientRow(
-                round + 1, cid, d, len(up), n, fed.cost.steps(n), fed.cost.flops(v.units, n), 0
+                round + 1,
+                cid,
+                d,
+                len(up),
+                n,
+                fed.cost.steps(n),
+                fed.cost.flops(v.units, n)
+                if plan is None
+                else fed.cost.plan_flops(plan, v.units, n),
+                0,
+                v.width,
             )
-            for cid, d, up, n, v in zip(
-                ids, ups.bytes_down, ups.payloads, ups.sizes, vs, strict=True
+            for cid, d, up, n, v, plan in zip(
+                ids, ups.bytes_down, ups.payloads, ups.sizes, vs, plans, strict=True
             )
         ]
         dropped = fed.clock.late(recs) if fed.clock is not None else set()
@@ -215,6 +233,7 @@ def run_round(fed: Federation, round: int, on_client_done: Callable[[], None] | 
             del received
         del ups
     fed.server.apply(mean, weights)
+    fed.strategy.observe_cost(round, rows, views)
 
     seen = [i for i in kept if clients[i] not in guard.skipped]
     fed.strategy.observe(
@@ -231,6 +250,13 @@ def run_round(fed: Federation, round: int, on_client_done: Callable[[], None] | 
         rows=rows,
         skipped=len(guard.skipped),
     )
+
+
+def _flops(cost: TrainingCost, view: View, plan: StepPlan | None, samples: int) -> int:
+    """FLOPs of a client's local training: its sub-model at every step, or its plan's."""
+    if plan is None:
+        return cost.flops(view.units, samples)
+    return cost.plan_flops(plan, view.units, samples)
 
 
 def _upload(

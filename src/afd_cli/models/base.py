@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 
@@ -38,10 +39,23 @@ Layout = dict[str, tuple[Axis, ...]]
 
 
 class FLModel(nn.Module):
-    """Base class: ``units`` (full or reduced widths) and the parameter ``layout``."""
+    """Base class: ``units`` (full or reduced widths) and the parameter ``layout``.
+
+    ``unit_masks`` (None but during a FjORD step): a 0/1 vector per droppable layer that
+    the forward pass multiplies that layer's outputs by, so a masked unit neither feeds the
+    next layer nor gets a gradient: the step trains a prefix sub-model without slicing.
+    """
 
     units: dict[str, int]
     layout: Layout
+    unit_masks: dict[str, torch.Tensor] | None = None
+
+    def masked(self, layer: str, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (units along dim 1) times the layer's unit mask; ``x`` itself without one."""
+        masks = self.unit_masks
+        if masks is None or layer not in masks:
+            return x
+        return x * masks[layer].view(1, -1, *([1] * (x.dim() - 2)))
 
     def with_units(self, units: dict[str, int]) -> FLModel:
         """A fresh model of the same family with other unit counts (used for sub-models)."""

@@ -39,9 +39,9 @@ class CNN(FLModel):
         }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-        x = F.relu(self.fc1(x.flatten(1)))
+        x = F.max_pool2d(F.relu(self.masked("conv1", self.conv1(x))), 2)
+        x = F.max_pool2d(F.relu(self.masked("conv2", self.conv2(x))), 2)
+        x = F.relu(self.masked("fc1", self.fc1(x.flatten(1))))
         return self.fc2(x)
 
     def with_units(self, units: dict[str, int]) -> CNN:

@@ -38,8 +38,8 @@ class MLP(FLModel):
         }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.fc1(x.flatten(1)))
-        x = F.relu(self.fc2(x))
+        x = F.relu(self.masked("fc1", self.fc1(x.flatten(1))))
+        x = F.relu(self.masked("fc2", self.fc2(x)))
         return self.fc3(x)
 
     def with_units(self, units: dict[str, int]) -> MLP:

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from .. import network
-from ..metrics import CLIENT_COLUMNS
+from ..metrics import CLIENT_INT_COLUMNS
 from ..run.rundir import CLIENTS
 from .common import ReportError, Run
 
@@ -34,8 +34,8 @@ def read_clients(path: Path) -> pd.DataFrame:
         df = pd.read_csv(path)
     except (OSError, ValueError) as e:
         raise ReportError(f"{path}: not a readable CSV ({' '.join(str(e).split())})") from None
-    missing = [c for c in CLIENT_COLUMNS if c not in df.columns]
-    if missing or df.empty or df[CLIENT_COLUMNS].isna().any().any():
+    missing = [c for c in CLIENT_INT_COLUMNS if c not in df.columns]  # width: optional
+    if missing or df.empty or df[CLIENT_INT_COLUMNS].isna().any().any():
         why = f"missing column(s) {', '.join(missing)}" if missing else "empty or damaged"
         raise ReportError(f"{path}: {why}")
     return df

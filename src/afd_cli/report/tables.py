@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
+import pandas as pd
+
 from .common import CORE_KEYS, Report, constant_keys
 from .plots import PLOTS
 
@@ -151,6 +153,7 @@ def markdown(report: Report, plots: Iterable[str] = PLOTS) -> str:
     ]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines.append("")
+    lines += widths_markdown(report)
     for p in plots:
         lines += [f"![{p}]({p})", ""]
     if report.warnings:
@@ -239,3 +242,87 @@ def network_markdown(reports: dict[str, Report]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+WIDTHS_FILE = "widths.csv"  # HeteroFL's evaluation (run/callbacks.py)
+CLIENTS_FILE = "clients.csv"
+
+
+def widths_table_rows(report: Report) -> tuple[list[str], list[list[str]]] | None:
+    """Per configuration: the share of sampled clients the deadline dropped, the mean width
+    of the clients aggregated (``clients.csv``), and the test accuracy of each width's
+    sub-model at the last round tested (``widths.csv``); mean ± std over seeds. None when no
+    run dropped a client or tested widths (the section is then left out of the report)."""
+    s = report.summary
+    per_run: dict[str, dict[str, float]] = {}
+    widths: set[float] = set()
+    for run in report.runs:
+        m = run.metrics
+        last = int(m["round"].max())
+        out = {"dropped": float(m["dropped"].sum() / m["clients"].sum()) if "dropped" in m else 0}
+        clients = run.path / CLIENTS_FILE
+        if clients.exists():
+            c = pd.read_csv(clients)
+            c = c[c["round"] <= last]
+            if "width" in c and c["width"].notna().all() and len(c):
+                kept = c[c["dropped"] == 0] if "dropped" in c else c
+                out["width"] = float(kept["width"].mean()) if len(kept) else math.nan
+        tested = run.path / WIDTHS_FILE
+        if tested.exists():
+            t = pd.read_csv(tested)
+            t = t[t["round"] <= last]
+            if len(t):
+                t = t[t["round"] == t["round"].max()]
+                for w, acc in zip(t["width"], t["test_acc"], strict=True):
+                    out[f"acc {w:g}"] = float(acc)
+                    widths.add(float(w))
+        per_run[str(run.path)] = out
+    if not widths and not any(v["dropped"] for v in per_run.values()):
+        return None
+    const = constant_keys(report)
+    keys = [k for k in report.keys if k not in const] or ["strategy", "compression"]
+    cols = [f"acc {w:g}" for w in sorted(widths, reverse=True)]
+    header = [*keys, "seeds", "dropped %", "mean width", *(f"{c} %" for c in cols)]
+    rows = []
+    for _, r in s.iterrows():
+        members = [per_run.get(p, {}) for p in str(r["runs"]).split(" ")]
+
+        def cell(key: str, scale: float, fmt: str, members=members) -> str:
+            x = pd.Series([m.get(key, math.nan) for m in members], dtype=float).dropna()
+            if x.empty:
+                return "–"
+            return _pm(scale * x.mean(), scale * x.std(ddof=1) if len(x) > 1 else math.nan, fmt)
+
+        rows.append(
+            [
+                *(str(r[k]) for k in keys),
+                str(int(r["seeds"])),
+                cell("dropped", 100, ".1f"),
+                cell("width", 1, ".3f"),
+                *(cell(c, 100, ".2f") for c in cols),
+            ]
+        )
+    return header, rows
+
+
+def widths_markdown(report: Report) -> list[str]:
+    """The section of ``report.md`` on dropped clients and widths (empty when none)."""
+    table = widths_table_rows(report)
+    if table is None:
+        return []
+    header, rows = table
+    return [
+        "## Clients and widths",
+        "",
+        "Dropped %: sampled clients past network.deadline_s, over all rounds. Mean width: of "
+        "the clients aggregated (clients.csv). acc w %: test accuracy of the sub-model of the "
+        "first ceil(w * units) units of every layer at the last round tested (widths.csv); "
+        "acc 1 is the global model.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|"
+        + "|".join("---" if i < key_columns(header) else "--:" for i in range(len(header)))
+        + "|",
+        *("| " + " | ".join(r) + " |" for r in rows),
+        "",
+    ]

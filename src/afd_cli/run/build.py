@@ -84,11 +84,23 @@ def cpu_workers(cfg: RootConfig) -> int:
     return cfg.threads or torch.get_num_threads()
 
 
+def plans_steps(cfg: RootConfig) -> bool:
+    """Whether the strategy trains by a per-step plan (FjORD), which only the sequential
+    trainer runs."""
+    return bool(getattr(registry.load("strategy", cfg.strategy.name), "plans_steps", False))
+
+
 def trainer_kind(cfg: RootConfig, device: torch.device) -> str:
-    """``trainer=auto``: batched on CUDA, sequential on CPU (where batching measured slower)."""
+    """``trainer=auto``: batched on CUDA, sequential on CPU (where batching measured slower)
+    and for a strategy with per-step widths (FjORD)."""
+    if cfg.trainer.name == "batched" and plans_steps(cfg):
+        raise ConfigError(
+            f"trainer=batched cannot train strategy={cfg.strategy.name}'s width per local "
+            "step; choose one of: auto, sequential"
+        )
     if cfg.trainer.name != "auto":
         return cfg.trainer.name
-    return "batched" if device.type == "cuda" else "sequential"
+    return "batched" if device.type == "cuda" and not plans_steps(cfg) else "sequential"
 
 
 def make_trainer(cfg: RootConfig, model: models.FLModel, train: data.Samples, device) -> Trainer:
@@ -266,14 +278,21 @@ def build(
     shapes = {k: tuple(p.shape) for k, p in model.named_parameters()}
     spill = run_dir / STATE_DIR if run_dir is not None and distributed.world() is None else None
     store = StateStore(cfg.state.memory_mb, spill, cfg.state.dtype, cfg.state.fsync)
-    setup = registry.Setup(model, shapes, cfg.seed, device, store)
+    s = cfg.schedule
+    example = ds.train.batch(torch.zeros(1, dtype=torch.long))[0]  # one input, for FLOPs
+    cost = TrainingCost(model, example, s.local_epochs, s.batch_size)
+    clock = network.Clock.of(cfg.network, cfg.seed)
+    if getattr(cfg.strategy, "assign", None) == "device" and clock is None:
+        raise ConfigError(
+            "strategy.assign=device chooses widths from the simulated clock, which "
+            "network=none turns off; choose one of: fixed, per_round, listed, or a network"
+        )
+    samples = tuple(len(p) for p in parts)
+    setup = registry.Setup(model, shapes, cfg.seed, device, store, samples, clock, cost)
     strategy = strategies.build(cfg.strategy, setup)
     compressor = compression.build(cfg.compression, setup)
     guard = FiniteGuard(cfg.on_nonfinite, divergence_hint(cfg))
     trainer = make_trainer(cfg, model, ds.train.to(device), device)
-    s = cfg.schedule
-    example = trainer.data.batch(torch.zeros(1, dtype=torch.long, device=device))[0]  # type: ignore[attr-defined]
-    clock = network.Clock.of(cfg.network, cfg.seed)
     fed = Federation(
         weights={k: p.data for k, p in model.named_parameters()},
         parts=device_parts(parts, device),
@@ -284,7 +303,7 @@ def build(
         trainer=trainer,
         guard=guard,
         server=server.build(cfg.compression.server_momentum, cfg.compression.server_lr),
-        cost=TrainingCost(model, example, s.local_epochs, s.batch_size),
+        cost=cost,
         full_size=models.num_params(model),
         clock=clock if clock is not None and clock.deadline_s else None,
         team=team.team(guard, compressor, device),

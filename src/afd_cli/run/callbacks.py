@@ -12,17 +12,20 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..federated import distributed
+from ..federated import distributed, team
+from ..federated.client import Evaluator
 from ..federated.guard import STOP, Diverged
 from ..federated.round import RoundResult
-from ..metrics import ClientsWriter, MetricsWriter, RoundProgress, RoundRow
+from ..metrics import ClientsWriter, MetricsWriter, RoundProgress, RoundRow, WidthsWriter
 from . import checkpoint, degenerate
-from .build import divergence_hint
+from .build import cpu_workers, divergence_hint
 from .rundir import CHECKPOINT, CLIENTS, METRICS
+
+WIDTHS = "widths.csv"  # HeteroFL's evaluation: each width's sub-model (strategy.eval_widths)
 
 if TYPE_CHECKING:
     from .build import Simulation
@@ -41,6 +44,7 @@ class RoundEnd:
     eval_s: float = 0.0
     sim_round_s: float | None = None  # None: no clock
     row: RoundRow | None = None
+    width_rows: list[dict[str, Any]] = field(default_factory=list)  # widths.csv rows
     exploded: bool = False  # the run's first round whose train loss exploded (degenerate)
     stop: Exception | None = None  # raised by the loop once every callback has run
 
@@ -60,10 +64,13 @@ class Callback:
 
 class Evaluate(Callback):
     """Test loss and accuracy of the global model every ``schedule.eval_every`` rounds and
-    at the last; a non-finite loss stops the run (``on_nonfinite=stop``)."""
+    at the last; a non-finite loss stops the run (``on_nonfinite=stop``). At the evaluation
+    rounds its strategy asks for (``strategy.eval_widths``), also each width's sub-model
+    (HeteroFL's evaluation), for ``widths.csv``; the global model's numbers do not change."""
 
     def __init__(self, sim: Simulation) -> None:
         self.sim = sim
+        self._by_width: dict[tuple[int, ...], Any] = {}  # evaluators per sub-model shape
 
     def round_end(self, state: RunState, end: RoundEnd) -> None:
         cfg, t = self.sim.cfg, end.t
@@ -78,7 +85,29 @@ class Evaluate(Callback):
                     divergence_hint(cfg, client=False),
                 )
             state.evaluated(t + 1, end.test_acc)
+            if self.sim.strategy.eval_due(t + 1, t + 1 == cfg.schedule.rounds):
+                end.width_rows = self.widths(t + 1, end.test_loss, end.test_acc)
         end.eval_s = time.perf_counter() - t_eval
+
+    def widths(self, round: int, loss: float, acc: float | None) -> list[dict[str, Any]]:
+        """One row per width, widest first; width 1 is the global model just tested."""
+        sim = self.sim
+        rows = [{"width": 1.0, "test_loss": loss, "test_acc": acc}]
+        for width, view in sorted(sim.strategy.eval_views().items(), reverse=True):
+            key = tuple(view.units[k] for k in sorted(view.units))
+            if key not in self._by_width:
+                self._by_width[key] = team.evaluator(
+                    Evaluator(
+                        sim.model.with_units(view.units).to(sim.device),
+                        sim.test,
+                        sim.cfg.schedule.eval_batch_size,
+                        sim.cfg.precision,
+                        workers=cpu_workers(sim.cfg),
+                    )
+                )
+            w_loss, w_acc = self._by_width[key](view.extract(sim.weights))
+            rows.append({"width": width, "test_loss": w_loss, "test_acc": w_acc})
+        return [{"round": round, **r} for r in rows]
 
 
 class SimulatedClock(Callback):
@@ -185,7 +214,11 @@ class Checkpoint(Callback):
         assert end.row is not None
         t_ckpt = time.perf_counter()
         saved = type(state)(**{**state.to_dict(), "elapsed": state.elapsed + end.row.wall_s})
-        last = {"metrics": asdict(end.row), "clients": [asdict(r) for r in end.result.rows]}
+        last = {
+            "metrics": asdict(end.row),
+            "clients": [asdict(r) for r in end.result.rows],
+            "widths": end.width_rows,
+        }
         written = checkpoint.save(self.path, self.config, self.sim, saved, last)
         state.checkpoint_s += time.perf_counter() - t_ckpt
         state.checkpoint_bytes += written
@@ -199,22 +232,26 @@ class Rows(Callback):
     def __init__(self, run_dir: Path, per_round: int, keep: int, pending: dict | None, lead: bool):
         self.metrics = MetricsWriter(run_dir / METRICS, keep_rounds=keep) if lead else None
         self.clients = ClientsWriter(run_dir / CLIENTS, per_round, keep) if lead else None
-        if pending is not None and self.metrics and self.clients:
+        self.widths = WidthsWriter(run_dir / WIDTHS, keep) if lead else None
+        if pending is not None and self.metrics and self.clients and self.widths:
             self.clients.write(pending["clients"])
+            self.widths.write(pending.get("widths", []))
             self.metrics.write(pending["metrics"])
 
     def round_end(self, state: RunState, end: RoundEnd) -> None:
         assert end.row is not None
         end.row.wall_s = time.perf_counter() - end.t0  # the whole round, checkpoint included
-        if self.metrics and self.clients:
+        if self.metrics and self.clients and self.widths:
             self.clients.write(end.result.rows)
+            self.widths.write(end.width_rows)
             self.metrics.write(end.row)
         state.elapsed += end.row.wall_s
 
     def close(self) -> None:
-        if self.metrics and self.clients:
+        if self.metrics and self.clients and self.widths:
             self.metrics.close()
             self.clients.close()
+            self.widths.close()
 
 
 class Progress(Callback):

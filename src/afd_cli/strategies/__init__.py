@@ -13,7 +13,9 @@ from ..options import Options
 from .base import Strategy
 
 if TYPE_CHECKING:
+    from ..flops import TrainingCost
     from ..models import FLModel
+    from ..network import Clock
     from ..state import StateStore
 
 
@@ -23,10 +25,19 @@ def build(opts: Options, setup: registry.Setup) -> Strategy:
 
 
 def make(
-    name: str, model: FLModel, seed: int = 0, store: StateStore | None = None, **values: Any
+    name: str,
+    model: FLModel,
+    seed: int = 0,
+    store: StateStore | None = None,
+    *,
+    samples: tuple[int, ...] | None = None,
+    clock: Clock | None = None,
+    cost: TrainingCost | None = None,
+    **values: Any,
 ) -> Strategy:
     """A strategy built by hand (tests, benchmarks): ``make("fd", model, rate=0.5)``; keys
-    ``name`` does not read are ignored, as in a config."""
+    ``name`` does not read are ignored, as in a config. ``samples``, ``clock`` and ``cost``:
+    what widths from the clock need (:class:`~afd_cli.registry.Setup`)."""
     import torch
 
     from ..config import options_of
@@ -34,7 +45,7 @@ def make(
 
     shapes = {k: tuple(p.shape) for k, p in model.named_parameters()}
     device = next(model.parameters()).device if shapes else torch.device("cpu")
-    setup = registry.Setup(model, shapes, seed, device, store or StateStore())
+    setup = registry.Setup(model, shapes, seed, device, store or StateStore(), samples, clock, cost)
     values = registry.read_values("strategy", name, values)
     return build(options_of("strategy", name, **values), setup)
 

@@ -12,6 +12,12 @@ The selection / score rule itself is in :mod:`afd_cli.scoremap`. Randomness: a m
 with a generator seeded from ``(seed, round, client)`` (multi) or ``(seed, round)`` (single),
 so a run resumed from :meth:`state_dict` continues identically. With ``rate == 0`` both
 return the full model and keep no maps, i.e. they are FedAvg.
+
+Widths per client (``strategy.widths``, :mod:`.widths`): a client's rate is ``1 - width``.
+Multi: a client's map draws ``A`` with the client's current budget, and redraws it (by its
+scores) when the budget changed since ``A`` was drawn. Single: the shared map draws ``A`` at the
+round's widest width; a narrower client trains the best-scored units of ``A`` (ties in a seeded
+random order), so the round's sub-models are nested, like HeteroFL's but ranked by score.
 """
 
 from __future__ import annotations
@@ -27,8 +33,7 @@ from .. import registry
 from ..options import option
 from ..scoremap import SCORE_UPDATES, ScoreMap
 from ..submodel import View
-from .base import Strategy
-from .fd import AFD_TAG, DropoutOptions, generator
+from .fd import AFD_TAG, SizedDropout, SizedDropoutOptions, generator
 
 if TYPE_CHECKING:
     from ..registry import Setup
@@ -37,7 +42,7 @@ NAMESPACE = "afd"  # the multi maps' namespace in the state store
 
 
 @dataclass
-class AFDOptions(DropoutOptions):
+class AFDOptions(SizedDropoutOptions):
     """Bouacida et al.'s score map (:mod:`afd_cli.scoremap` has the rule and the open choices)."""
 
     score_init: float = option(
@@ -57,7 +62,7 @@ class AFDOptions(DropoutOptions):
     )
 
 
-class _AFD(Strategy):
+class _AFD(SizedDropout):
     options = AFDOptions
 
     def __init__(self, opts: AFDOptions, setup: Setup) -> None:
@@ -69,8 +74,13 @@ class _AFD(Strategy):
             "score_update": opts.score_update,
         }
 
-    def _new_map(self) -> ScoreMap:
-        return ScoreMap(self.model.units, self.rate, **self._opts)
+    def _new_map(self, rate: float | None = None) -> ScoreMap:
+        return ScoreMap(self.model.units, self.rate if rate is None else rate, **self._opts)
+
+    @property
+    def plain(self) -> bool:
+        """One rate for everyone, zero: FedAvg, no maps."""
+        return self.rate == 0 and self.opts.widths is None
 
 
 @registry.strategy("multi")
@@ -88,8 +98,8 @@ class MultiModelAFD(_AFD):
         """Read-only ``{client: ScoreMap}`` (copies decoded from the store)."""
         return _Maps(self)
 
-    def _map(self, client: int) -> ScoreMap:
-        m = self._new_map()
+    def _map(self, client: int, rate: float | None = None) -> ScoreMap:
+        m = self._new_map(rate)
         if self.store.has(NAMESPACE, client):
             m.load_flat(self.store.peek(NAMESPACE, client))
         return m
@@ -98,19 +108,20 @@ class MultiModelAFD(_AFD):
         self.store.put(NAMESPACE, client, m.to_flat())
 
     def select(self, round: int, clients: list[int]) -> list[View]:
-        if self.rate == 0:
+        if self.plain:
             return [self.full] * len(clients)
         views = []
-        for c in clients:
-            m = self._map(c)
-            views.append(View(self.model, m.select(generator(self.seed, round, c, AFD_TAG))))
+        for c, w in zip(clients, self.widths(round, clients), strict=True):
+            m = self._map(c, self.rate_of(w))
+            keep = m.select(generator(self.seed, round, c, AFD_TAG))
+            views.append(View(self.model, keep, width=w))
             self._keep(c, m)  # a redraw of A changed the map
         return views
 
     def observe(
         self, round: int, clients: list[int], losses: list[float], num_samples: list[int]
     ) -> None:
-        if self.rate == 0:
+        if self.plain:
             return
         for c, loss in zip(clients, losses, strict=True):
             m = self._map(c)
@@ -119,11 +130,13 @@ class MultiModelAFD(_AFD):
 
     def state_dict(self) -> dict[str, Any]:
         """``{"maps": {client: map state}}``, or ``{"store": "afd"}`` in a run's store."""
+        sized = super().state_dict()
         if not self.store.inline:
-            return {"store": NAMESPACE}
-        return {"maps": {c: m.state_dict() for c, m in self.maps.items()}}
+            return {"store": NAMESPACE, **sized}
+        return {"maps": {c: m.state_dict() for c, m in self.maps.items()}, **sized}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
         if "store" in state:  # the run restored its store from the checkpoint's index
             return
         self.store.clear(NAMESPACE)
@@ -158,22 +171,45 @@ class SingleModelAFD(_AFD):
         self.map = self._new_map()
 
     def select(self, round: int, clients: list[int]) -> list[View]:
-        if self.rate == 0:
+        if self.plain:
             return [self.full] * len(clients)
-        view = View(self.model, self.map.select(generator(self.seed, round, None, AFD_TAG)))
-        return [view] * len(clients)
+        widths = self.widths(round, clients)
+        widest = max(widths)
+        self.map.set_rate(self.rate_of(widest))
+        keep = self.map.select(generator(self.seed, round, None, AFD_TAG))
+        view = View(self.model, keep, width=widest)
+        if all(w == widest for w in widths):
+            return [view] * len(clients)
+        order = self._ranked(keep, round)
+        views: dict[float, View] = {widest: view}
+        for w in set(widths) - {widest}:
+            budget = self._new_map(self.rate_of(w)).budget
+            views[w] = View(self.model, {k: order[k][: budget[k]] for k in order}, width=w)
+        return [views[w] for w in widths]
+
+    def _ranked(self, keep: dict[str, torch.Tensor], round: int) -> dict[str, torch.Tensor]:
+        """The units of ``A`` per layer, best score first, ties in a random order seeded from
+        ``(seed, round)`` (its own stream: the map's draws stay those of one width)."""
+        gen = generator(self.seed, round, None, AFD_TAG + 1)
+        out = {}
+        for k, idx in keep.items():
+            shuffled = idx[torch.randperm(len(idx), generator=gen)]
+            scores = self.map.scores[k][shuffled]
+            out[k] = shuffled[torch.sort(scores, descending=True, stable=True).indices]
+        return out
 
     def observe(
         self, round: int, clients: list[int], losses: list[float], num_samples: list[int]
     ) -> None:
-        if self.rate == 0 or not clients:
+        if self.plain or not clients:
             return
         self.map.update(float(np.average(losses, weights=num_samples)))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"map": self.map.state_dict()}
+        return {"map": self.map.state_dict(), **super().state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
         self.map = self._new_map()
         if "map" in state:
             self.map.load_state_dict(state["map"])

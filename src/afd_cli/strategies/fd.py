@@ -1,8 +1,11 @@
 """Federated Dropout (Caldas et al., arXiv 1812.07210): independent random sub-models.
 
 Every round, every sampled client gets its own uniformly random ``ceil((1-p) n)`` units per
-droppable layer (SPEC 3). The draw is seeded from ``(seed, round, client)`` only, so the
-strategy holds no state and a resumed run draws exactly what the uninterrupted run would.
+droppable layer (SPEC 3). The draw is seeded from ``(seed, round, client)`` only, so a resumed
+run draws exactly what the uninterrupted run would.
+
+With ``strategy.widths`` each client's rate is ``1 - width`` of its tier
+(:mod:`.widths`); left null, every client has ``rate``, as in the paper.
 """
 
 from __future__ import annotations
@@ -14,8 +17,8 @@ import torch
 
 from .. import registry
 from ..options import Options, option
-from ..submodel import View, random_keep
-from .base import Strategy
+from ..submodel import View, random_keep, units_to_keep
+from .widths import Sized, WidthOptions
 
 FD_TAG = 0xFD  # keeps these streams apart from the trainer's client_seed streams
 AFD_TAG = 0xAFD
@@ -37,15 +40,40 @@ class DropoutOptions(Options):
     )
 
 
+@dataclass
+class SizedDropoutOptions(WidthOptions, DropoutOptions):
+    """A dropout rate, and optionally a width (``1 - rate``) per client (:mod:`.widths`)."""
+
+
+class SizedDropout(Sized):
+    """A dropout strategy whose clients may have their own rates: ``1 - width``.
+
+    With ``strategy.widths`` null there is one tier, ``1 - rate``, and every client's rate is
+    ``strategy.rate`` itself (so the numbers are exactly those of a fixed rate).
+    """
+
+    def default_widths(self) -> tuple[float, ...]:
+        return (1.0 - self.opts.rate,)
+
+    def rate_of(self, width: float) -> float:
+        return self.opts.rate if self.opts.widths is None else 1.0 - width
+
+    def units_of(self, width: float) -> dict[str, int]:
+        rate = self.rate_of(width)
+        return {k: units_to_keep(n, rate) for k, n in self.model.units.items()}
+
+
 @registry.strategy("fd")
-class FederatedDropout(Strategy):
-    options = DropoutOptions
+class FederatedDropout(SizedDropout):
+    options = SizedDropoutOptions
 
     def select(self, round: int, clients: list[int]) -> list[View]:
-        rate = self.opts.rate
-        if rate == 0:
-            return [self.full] * len(clients)
-        return [
-            View(self.model, random_keep(self.model, rate, generator(self.seed, round, c, FD_TAG)))
-            for c in clients
-        ]
+        views = []
+        for c, w in zip(clients, self.widths(round, clients), strict=True):
+            rate = self.rate_of(w)
+            if rate <= 0:
+                views.append(View(self.model, None, width=1.0))
+                continue
+            keep = random_keep(self.model, rate, generator(self.seed, round, c, FD_TAG))
+            views.append(View(self.model, keep, width=w))
+        return views
