@@ -15,7 +15,8 @@ from afd_cli.config import ConfigError
 from afd_cli.metrics import COLUMNS, TIMING_COLUMNS
 
 BAD = {
-    "strategy=foo": "strategy='foo' is not valid; choose one of: fd, fedavg, multi, single",
+    "strategy=foo": "strategy='foo' is not valid; choose one of: fd, fedavg, fedrolex, fjord, "
+    "heterofl, multi, single",
     "dataset=cifar10": "choose one of: digits, fashion_mnist, mnist, mnist5k, shakespeare",
     "model=resnet": "model='resnet' is not valid",
     "compression=zip": "compression='zip' is not valid",
