@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,9 +23,12 @@ pytestmark = pytest.mark.slow  # a pip install, then runs in subprocesses
 def installed(tmp_path_factory) -> dict[str, str]:
     """The environment of a process that has the example package on its path."""
     target = tmp_path_factory.mktemp("site")
+    # built from a copy: setuptools writes build/ and *.egg-info/ beside the sources
+    source = tmp_path_factory.mktemp("source") / "plugin"
+    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target)]
     # setuptools from this environment: no download, so the test runs offline too
-    cmd += ["--no-build-isolation", str(EXAMPLE)]
+    cmd += ["--no-build-isolation", str(source)]
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path_factory.mktemp("build"))
     assert p.returncode == 0, p.stderr[-2000:]
     path = os.pathsep.join(filter(None, [str(target), os.environ.get("PYTHONPATH")]))

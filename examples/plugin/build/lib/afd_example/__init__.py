@@ -1,1 +1,0 @@
-"""Example afd-cli plug-ins (see the docs page "Write your own strategy or compressor")."""
