@@ -33,7 +33,7 @@ CONFIGS = {
 
 
 def _cfg(kw: dict) -> dict:
-    return {"dense_below": 100, "sample_ratio": 0.1, **kw}
+    return {"dense_rule": "size", "dense_below": 100, "sample_ratio": 0.1, **kw}
 
 
 def _make(kw: dict, backend: str, device: str = "cpu"):
