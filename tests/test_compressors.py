@@ -60,7 +60,7 @@ def _params(seed: int, shapes: dict[str, tuple[int, ...]] = SHAPES, scale: float
 
 
 def _cfg(name: str, **kw: object) -> dict[str, object]:
-    return {"name": name, "dense_below": 100, "warmup_rounds": 0, **kw}
+    return {"name": name, "dense_rule": "size", "dense_below": 100, "warmup_rounds": 0, **kw}
 
 
 def build(cfg: dict[str, object], shapes: dict | None = None):

@@ -29,11 +29,15 @@ CONFIGS = {
     "dgc-clip": dict(name="dgc", sparsity=0.99, warmup_rounds=0, clip_norm=1.0),
     "dgc-fp16-nomask": dict(name="dgc", sparsity=0.98, values="fp16", momentum_masking=False),
     "dgc-nomc": dict(name="dgc", sparsity=0.99, momentum_correction=False),
+    # Lin et al.'s defaults (issue 26): biases dense with ordinary momentum, fp16 error dropped
+    "dgc-reference": dict(
+        name="dgc", sparsity=0.99, warmup_rounds=0, values="fp16", dense_rule="ndim"
+    ),
 }
 
 
 def _cfg(kw: dict) -> dict:
-    return {"dense_below": 100, "sample_ratio": 0.1, **kw}
+    return {"dense_rule": "size", "dense_below": 100, "sample_ratio": 0.1, **kw}
 
 
 def _make(kw: dict, backend: str, device: str = "cpu"):

@@ -32,7 +32,7 @@ ID = Identity()
 
 
 def _cfg(**kw: object) -> dict[str, object]:
-    return {"name": "dgc", "dense_below": 16, "sample_ratio": 0.01, **kw}
+    return {"name": "dgc", "dense_rule": "size", "dense_below": 16, "sample_ratio": 0.01, **kw}
 
 
 def build(cfg: dict[str, object], shapes: dict | None = None, seed: int = 0):
@@ -70,7 +70,7 @@ def test_dgc_follows_warmup_in_its_uploads() -> None:
     for r, s in enumerate([0.75, 0.9375, 0.984375, 0.99609375, 0.999]):
         update = {"w": torch.randn(n)}
         out = comp.decode_up(0, comp.encode_up(0, update, ID, RoundContext(r, 1)), ID)
-        assert int((out["w"] != 0).sum()) == keep_count(n, s)
+        assert int((out["w"] != 0).sum()) == keep_count(n, s, ceil=True)  # Lin et al.'s k
         assert comp.end_round()["sparsity"] == pytest.approx(s, abs=1e-5)
 
 
@@ -79,6 +79,10 @@ def test_keep_count() -> None:
     assert keep_count(10, 0.999) == 1
     assert keep_count(1_605_632, 0.999) == 1606
     assert keep_count(8, 0.0) == 8
+    # the ceiling (Lin et al.'s code), not lifted by the float error of 1 - 0.999
+    assert keep_count(1_605_632, 0.999, ceil=True) == 1606
+    assert keep_count(800, 0.999, ceil=True) == 1 and keep_count(1000, 0.999, ceil=True) == 1
+    assert keep_count(1001, 0.999, ceil=True) == 2 and keep_count(1499, 0.999) == 1
 
 
 def test_threshold_sampling_hits_k_on_1m_entries() -> None:
@@ -106,8 +110,12 @@ def test_local_clipping_scales_to_c_over_sqrt_n() -> None:
 
 @pytest.mark.parametrize("values", ["fp32", "fp16"])
 def test_conservation_and_masking(values: str) -> None:
+    """With ``fp16_residual`` nothing accumulated is lost; sparse tensors' ``u`` is masked
+    where sent, a dense tensor's ``u`` is ordinary momentum (``dense_momentum``)."""
     m = 0.9
-    comp = build(_cfg(momentum=m, values=values, warmup_rounds=2, sparsity=0.99))
+    comp = build(
+        _cfg(momentum=m, values=values, warmup_rounds=2, sparsity=0.99, fp16_residual=True)
+    )
     u_old = {n: torch.zeros(s) for n, s in SHAPES.items()}
     v_old = {n: torch.zeros(s) for n, s in SHAPES.items()}
     for r in range(4):
@@ -125,6 +133,10 @@ def test_conservation_and_masking(values: str) -> None:
             idx = rec.indices if isinstance(rec, codec.Sparse) else torch.arange(u_new.numel())
             mask = torch.zeros(u_new.numel(), dtype=torch.bool)
             mask[idx] = True
+            if isinstance(rec, codec.Dense):  # ordinary momentum, never masked
+                assert torch.equal(st["u"][name], u_new)
+                u_old[name], v_old[name] = st["u"][name], st["v"][name]
+                continue
             # momentum factor masking: u and v zero exactly where sent
             assert bool((st["u"][name].view(-1)[mask] == 0).all())
             assert torch.equal(st["u"][name].view(-1)[~mask], u_new.view(-1)[~mask])
@@ -155,7 +167,7 @@ def test_without_momentum_correction_plain_residual() -> None:
         st = _state(comp, 1)
         assert set(st) == {"v"}  # no momentum buffer kept
         torch.testing.assert_close(sent["w"] + st["v"]["w"], v_old + g["w"])
-        assert int((sent["w"] != 0).sum()) == keep_count(2000, 0.95)
+        assert int((sent["w"] != 0).sum()) == keep_count(2000, 0.95, ceil=True)
         v_old = st["v"]["w"]
 
 
@@ -165,4 +177,4 @@ def test_fp16_values_halve_value_bytes() -> None:
     for values in ("fp32", "fp16"):
         comp = build(_cfg(values=values, warmup_rounds=0, sparsity=0.99))
         sizes[values] = len(comp.encode_up(0, g, ID, RoundContext(0, 1)))
-    assert sizes["fp32"] - sizes["fp16"] == 2 * keep_count(100_000, 0.99)
+    assert sizes["fp32"] - sizes["fp16"] == 2 * keep_count(100_000, 0.99, ceil=True)

@@ -138,3 +138,26 @@ def test_bad_options():
         ScoreMap(UNITS, 0.5, score_update="nope")
     with pytest.raises(ValueError):
         ScoreMap(UNITS, 0.5, score_init=-1.0)
+
+
+@pytest.mark.parametrize("init", [0.5, 1.0, 10.0])
+def test_positive_score_init_prefers_credited_units(init):
+    """Issue 26: a credit used to overwrite ``score_init`` with the (smaller) gain, so credited
+    units were *less* likely to be redrawn than uncredited ones (0.67 against 1.0)."""
+    units = {"fc": 20}
+    m = ScoreMap(units, 0.5, score_init=init)
+    m.select(_gen())
+    m.update(1.0)
+    credited = m.select(_gen(1))["fc"]
+    assert m.update(0.9) is True  # relative gain 0.1
+    others = torch.ones(20, dtype=torch.bool)
+    others[credited] = False
+    scores = m.scores["fc"]
+    assert torch.allclose(scores[credited], torch.full((10,), init + 0.1, dtype=torch.float64))
+    assert bool((scores[others] == init).all())
+    assert float(scores[credited].min()) > float(scores[others].max())
+    # and the next redraws (after a loss increase) keep the credited units more often
+    counts = torch.zeros(20)
+    for s in range(400):
+        counts[weighted_keep(scores, 10, _gen(100 + s))] += 1
+    assert float(counts[credited].mean()) > float(counts[others].mean())

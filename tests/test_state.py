@@ -228,7 +228,16 @@ def test_compressor_state_spilled_to_disk_gives_identical_payloads(tmp_path, nam
         weights = {k: p.detach().clone() for k, p in model.named_parameters()}
         seed = 3 if name == "dgc" else 0
         comp = make(
-            name, shapes, seed, "cpu", store, backend, sparsity=0.9, dense_below=20, downlink=True
+            name,
+            shapes,
+            seed,
+            "cpu",
+            store,
+            backend,
+            sparsity=0.9,
+            dense_rule="size",
+            dense_below=20,
+            downlink=True,
         )
         out = []
         for t, ups in _updates(model, 4, [0, 1, 2, 3, 4]):

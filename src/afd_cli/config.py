@@ -47,6 +47,12 @@ class ScheduleConfig:
     local_epochs: int = option(1, "local epochs per round (E)", **_POSITIVE)
     batch_size: int = option(10, "local minibatch size (B)", **_POSITIVE)
     lr: float = option(0.05, "local SGD learning rate", gt=0)
+    lr_warmup_rounds: int = option(
+        0,
+        "rounds of linear lr warm-up, round r at lr * (r + 1) / (W + 1); 0 = off. Lin et al. "
+        "warm up 5 epochs = 5 * num_clients / (clients_per_round * local_epochs) rounds",
+        ge=0,
+    )
     momentum: float = option(0.0, "local SGD momentum", ge=0, lt=1)
     weight_decay: float = option(0.0, "local SGD weight decay", ge=0)
     eval_every: int = option(1, "rounds between evaluations of the global model", **_POSITIVE)

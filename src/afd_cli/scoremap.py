@@ -10,7 +10,8 @@ The rule (paper Sec. "Adaptive Federated Dropout" / Algorithms 1-2, SPEC 4):
 
 * first selection: ``A`` = a uniformly random ``ceil((1-p) n)`` units per layer (as FD);
 * ``update(l_t)``: if ``l_t < l``: ``S[a] = (l - l_t) / l`` for every ``a`` in ``A``
-  (``score_update="absolute"``: ``l - l_t``) and ``A`` is kept for the next selection;
+  (``score_update="absolute"``: ``l - l_t``; plus ``score_init``, 0 in the paper) and ``A`` is
+  kept for the next selection;
   otherwise ``A`` is dropped and the next selection redraws it by *weighted random selection*;
   either way ``l = l_t``. Scores of units outside ``A`` never change, and a loss increase
   does not lower any score (the paper only assigns scores on a decrease).
@@ -19,18 +20,20 @@ The rule (paper Sec. "Adaptive Federated Dropout" / Algorithms 1-2, SPEC 4):
   (``torch.multinomial``), the rest of the budget is filled uniformly at random from the
   units not yet drawn.
 
-Choices where the paper is vague (each one a config option or documented here):
+Choices where the paper is vague (each one a config option or documented here; the table in
+docs/concepts/algorithms.md says what each outside implementation does):
 
 * the very first ``update`` has no previous loss: it only records ``l`` and counts as
   "not improved", so ``A`` is redrawn (with all scores still 0 that redraw is uniform).
-* ``explore`` (0 = paper; ``conf/strategy/{multi,single}.yaml`` ship 0.2): that share of
-  each layer's budget is always drawn uniformly on a redraw, whatever the scores. Without
-  it the literal rule freezes: once one improvement
-  has given the whole of ``A`` a non-zero score, every redraw draws exactly ``A`` again,
-  because the number of scored units equals the budget.
+* ``explore`` (``AFDOptions`` default 0.2; 0 is the paper's literal rule, the one preset
+  ``strategy.explore=0``): that share of each layer's budget is always drawn uniformly on a
+  redraw, whatever the scores. Without it the literal rule freezes: once one improvement has
+  given the whole of ``A`` a non-zero score, every redraw draws exactly ``A`` again, because
+  the number of scored units equals the budget.
 * ``score_init`` (default 0 = paper): the initial score of every unit. A positive value
-  makes every unit a weighted candidate (another way to keep exploring); note that an
-  improvement *overwrites* a kept unit's score, which can then fall below ``score_init``.
+  makes every unit a weighted candidate (another way to keep exploring). A credit
+  *overwrites* a kept unit's score with ``score_init + gain`` (with 0, the paper's
+  ``S[a] = gain``), so a credited unit always outweighs an uncredited one.
 * a relative update with ``l <= 0`` (a perfect previous loss) falls back to ``l - l_t``.
 
 The redraw happens lazily in :meth:`ScoreMap.select`, with the caller's generator, so all
@@ -94,6 +97,7 @@ class ScoreMap:
         self.units = dict(units)
         self.budget = {k: units_to_keep(n, rate) for k, n in units.items()}
         self.explore, self.score_update = explore, score_update
+        self.score_init = float(score_init)
         self.scores = {
             k: torch.full((n,), float(score_init), dtype=torch.float64) for k, n in units.items()
         }
@@ -128,8 +132,8 @@ class ScoreMap:
             gain = prev - loss
             if self.score_update == "relative" and prev > 0:
                 gain /= prev
-            for k, idx in self.keep.items():
-                self.scores[k][idx] = gain
+            for k, idx in self.keep.items():  # overwrite, above the uncredited units' init
+                self.scores[k][idx] = self.score_init + gain
         else:
             self.keep = None
         return improved

@@ -10,7 +10,8 @@ Per client, per tensor of the update ``G`` (treated as the gradient):
 3. sparsification: the ``k = n(1-s)`` largest ``|v|``, threshold estimated from a random
    sample of ``sample_ratio`` of the entries (see :func:`.sparsify.sampled_topk_indices`);
 4. momentum factor masking: where sent, ``v`` and ``u`` are zeroed (``momentum_masking=false``:
-   only ``v``), so stale momentum does not keep pushing sent coordinates;
+   only ``v``), so stale momentum does not keep pushing sent coordinates. A tensor sent whole
+   keeps its ``u``: ordinary momentum, ``u = m*u + G`` sent every round (``dense_momentum``);
 5. warm-up: the steps ``1 - 4^-(j+1)`` below the target share the first ``warmup_rounds``
    rounds evenly (one step per round for 4 rounds at 99.9%), then the target.
 
@@ -21,9 +22,15 @@ there is no stream to checkpoint. It only picks which candidates are examined; t
 sets are exact top-k either way, but where magnitudes tie at the k-th place the candidates
 decide which of the tied entries go.
 
-Tensors under ``dense_below`` entries go through the same steps but are sent whole.
-With ``values=fp16`` the fp16 rounding error of sent values stays in ``v`` instead of
-being zeroed, so nothing accumulated is ever lost.
+Defaults follow the authors' code (synxlin/deep-gradient-compression @ 24673d4,
+``dgc/compression.py``, ``dgc/memory.py``, ``train.py``; ported in tests/test_dgc_reference.py):
+only tensors of more than one dimension are sparsified (``dense_rule=ndim``; ``size`` sends
+tensors under ``dense_below`` entries whole instead), ``k = ceil(n (1 - s))`` (``k_rounding``),
+with ``values=fp16`` the rounding error of the sent values is discarded (``fp16_residual``;
+``true`` keeps it in ``v``, so nothing accumulated is ever lost). Before issue 26 afd-cli sent
+tensors under 1,024 entries whole, rounded k, kept the fp16 error and reset a whole tensor's
+``u`` every round: ``dense_rule=size k_rounding=nearest fp16_residual=true
+dense_momentum=false`` reproduces it. docs/concepts/compression.md lists what else differs.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ import torch
 from .. import registry
 from ..options import option
 from .base import Params, RoundContext
-from .sparsify import sampled_topk_indices, torch_sampled_topk_indices, warmup_sparsity
+from .sparsify import DENSE_RULES, sampled_topk_indices, torch_sampled_topk_indices, warmup_sparsity
 from .state import np_view
 from .topk import SparseOptions, TopKCompressor
 
@@ -64,6 +71,28 @@ class DGCOptions(SparseOptions):
     )
     sample_ratio: float = option(
         0.01, "fraction of entries sampled to estimate the threshold", gt=0, le=1
+    )
+    dense_momentum: bool = option(
+        True,
+        "a tensor sent whole keeps ordinary momentum u = m*u + G under momentum masking (Lin "
+        "et al.'s code); false: its u is zeroed with it every round",
+    )
+    # Lin et al.'s code where SparseOptions' defaults are plain top-k's
+    dense_rule: str = option(
+        "ndim",
+        "which tensors go dense: ndim = one dimension or less, the biases (Lin et al.'s "
+        "code); size = under dense_below entries",
+        choices=DENSE_RULES,
+    )
+    k_rounding: str = option(
+        "ceil",
+        "entries sent of n: ceil(n * (1 - sparsity)) (Lin et al.'s code), or nearest",
+        choices=("nearest", "ceil"),
+    )
+    fp16_residual: bool = option(
+        False,
+        "values=fp16: discard each sent value's fp16 rounding error (Lin et al.'s code); true: "
+        "keep it in the residual v",
     )
 
 
@@ -144,8 +173,14 @@ class DGCCompressor(TopKCompressor):
             return idx.view(*flat.shape[:-1], k)
         return sampled_topk_indices(flat, k, self.cfg.sample_ratio, self._generators[0])
 
-    def _after_send(self, bufs: dict[str, Params], name: str, idx: torch.Tensor) -> None:
-        """Momentum factor masking: zero ``u`` where sent (``v`` is already emptied)."""
+    def _after_send(
+        self, bufs: dict[str, Params], name: str, idx: torch.Tensor, dense: bool
+    ) -> None:
+        """Momentum factor masking: zero ``u`` where sent (``v`` is already emptied); a tensor
+        sent whole keeps its ``u`` with ``dense_momentum`` (the reference's ordinary momentum
+        for the tensors it does not compress, ``dgc/compression.py:198``)."""
+        if dense and self.cfg.dense_momentum:
+            return
         if self.cfg.momentum_correction and self.cfg.momentum_masking:
             u = bufs["u"][name]
             if idx.dim() == 1:

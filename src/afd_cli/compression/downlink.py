@@ -5,12 +5,13 @@ received (NaN = never received). A download sends the top-k of ``current - copy`
 tensor; whatever is not sent stays in that difference, so the copy *is* the server-side
 residual (error feedback) -- a separate residual buffer would count it twice.
 
-Never-received entries are always sent (as absolute values); a tensor the client has never
-seen at all (first contact) goes dense in ``first_copy`` (fp32 | fp16 | q8), and tensors below
-``dense_below`` go as a dense difference (in ``first_copy``, or in the value format when
-``first_copy`` is fp32). A first copy in fp16 or q8 is what the client decodes, so that is what
-the copy holds: the rounding error stays in ``current - copy`` and is sent later like any
-other residual, and a q8 first copy costs a quarter of the fp32 one (6.65 MB -> 1.66 MB for
+Never-received entries are always sent (as absolute values); a tensor the client has never seen
+at all (first contact) goes dense in ``first_copy`` (fp32 | fp16 | q8), and tensors below
+``dense_below`` (of one dimension with ``dense_rule=ndim``) go as a dense difference (in
+``first_copy``, or in the value format when ``first_copy`` is fp32). A first copy in fp16 or q8
+is what the client decodes, so that is what the copy holds: the rounding error stays in
+``current - copy`` and is sent later like any other residual, and a q8 first copy costs a
+quarter of the fp32 one (6.65 MB -> 1.66 MB for
 cnn_mnist). In the simulation client and server share
 the one copy: ``encode`` only reads it, ``decode`` applies the payload to it and returns
 the client's weights in sub-model shape. So the copy always matches what the client has
@@ -26,7 +27,7 @@ import torch
 
 from . import codec
 from .base import Params, View
-from .sparsify import keep_count, topk_indices
+from .sparsify import keep_count, sent_whole, topk_indices
 from .state import ClientStore, Shapes, StateStore, np_view
 
 
@@ -36,15 +37,18 @@ class SparseDownlink:
     def __init__(
         self,
         values: str,
-        dense_below: int,
+        dense: tuple[str, int],
         shapes: Shapes | None = None,
         first_copy: str = "fp32",
         store: StateStore | None = None,
+        ceil: bool = False,
     ) -> None:
         if first_copy not in ("fp32", "fp16", "q8"):
             raise ValueError(f"first_copy must be fp32, fp16 or q8, got {first_copy!r}")
         self.values = values
-        self.dense_below = dense_below
+        # which tensors go as a dense difference: sparsify.sent_whole's (rule, dense_below)
+        self.dense = dense
+        self.ceil = ceil  # k rule (sparsify.keep_count)
         self.first_copy = first_copy
         self.dense_diff = values if first_copy == "fp32" else first_copy
         self.copies = ClientStore(("w",), shapes, fill=math.nan, store=store, name="down")
@@ -66,14 +70,14 @@ class SparseDownlink:
                 self.sent += n
                 continue
             diff = np_view(w).ravel() - np.nan_to_num(have, nan=0.0)
-            if n < self.dense_below:
+            if sent_whole(w.shape, *self.dense):
                 diff_t = torch.from_numpy(diff).reshape(w.shape)
                 records.append(codec.Dense(diff_t, self.dense_diff))
                 self.sent += n
                 continue
             score = np.abs(diff)
             score[unknown] = np.inf  # must send what the client never had
-            k = max(keep_count(n, sparsity), n_unknown)
+            k = max(keep_count(n, sparsity, self.ceil), n_unknown)
             idx = topk_indices(torch.from_numpy(score), k)
             vals = torch.from_numpy(diff[idx.numpy()])
             records.append(codec.Sparse(tuple(w.shape), idx, vals, self.values))

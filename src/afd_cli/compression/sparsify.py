@@ -35,11 +35,30 @@ def warmup_sparsity(round: int, target: float, warmup_rounds: int) -> float:
     return min(target, 1.0 - 4.0 ** -(step + 1))
 
 
-def keep_count(n: int, sparsity: float) -> int:
-    """How many of ``n`` entries to send at ``sparsity``: at least one when there are any."""
+def keep_count(n: int, sparsity: float, ceil: bool = False) -> int:
+    """How many of ``n`` entries to send at ``sparsity``: at least one when there are any.
+
+    ``n (1 - sparsity)`` rounded to the nearest integer, or (``ceil``) its ceiling, as Lin et
+    al.'s code takes ``ceil(numel * compress_ratio)``; the 1e-9 absorbs the float error of
+    ``1 - sparsity`` (``1 - 0.999`` is a hair above 0.001), so an exact product is not rounded
+    up: the same k as the reference's for every n below 2 million at 99% and 99.9%.
+    """
     if n <= 0:
         return 0
-    return min(n, max(1, round(n * (1.0 - sparsity))))
+    exact = n * (1.0 - sparsity)
+    return min(n, max(1, math.ceil(exact - 1e-9) if ceil else round(exact)))
+
+
+DENSE_RULES = ("ndim", "size")
+
+
+def sent_whole(shape: Sequence[int], rule: str, dense_below: int) -> bool:
+    """Whether a tensor of ``shape`` goes dense: ``ndim``, one dimension or less (the biases;
+    Lin et al.'s code compresses only ``param.dim() > 1``), or ``size``, fewer than
+    ``dense_below`` entries."""
+    if rule == "ndim":
+        return len(shape) <= 1
+    return math.prod(shape) < dense_below
 
 
 def _magnitudes(flat: torch.Tensor) -> np.ndarray:

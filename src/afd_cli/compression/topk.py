@@ -30,7 +30,7 @@ from ..options import ConfigError, option
 from . import codec
 from .base import CompressionOptions, Compressor, Params, RoundContext, View
 from .downlink import SparseDownlink
-from .sparsify import keep_count, topk_indices, torch_topk_indices
+from .sparsify import DENSE_RULES, keep_count, sent_whole, topk_indices, torch_topk_indices
 from .state import ClientStore, np_view
 
 if TYPE_CHECKING:
@@ -46,7 +46,23 @@ class SparseOptions(CompressionOptions):
 
     sparsity: float = option(0.999, "target fraction of upload entries NOT sent", ge=0, lt=1)
     values: str = option("fp32", "precision of the sent values", choices=("fp32", "fp16"))
-    dense_below: int = option(1024, "tensors with fewer entries go dense (biases)", ge=0)
+    dense_rule: str = option(
+        "size",
+        "which tensors go dense (biases): size = under dense_below entries; ndim = one "
+        "dimension or less (Lin et al.'s code)",
+        choices=DENSE_RULES,
+    )
+    dense_below: int = option(1024, "dense_rule=size: tensors with fewer entries go dense", ge=0)
+    k_rounding: str = option(
+        "nearest",
+        "entries sent of n: round(n * (1 - sparsity)), or its ceiling (Lin et al.'s code)",
+        choices=("nearest", "ceil"),
+    )
+    fp16_residual: bool = option(
+        True,
+        "values=fp16: keep each sent value's fp16 rounding error in the residual (false: "
+        "discard it, as Lin et al.'s code does)",
+    )
     downlink: bool = option(
         False, "also compress the download (sparse diff vs the client's copy)", strict=True
     )
@@ -83,8 +99,16 @@ class TopKCompressor(Compressor):
         self.device = self.device if backend == "torch" else torch.device("cpu")  # upload state
         shapes, store = self._shapes, self.store  # one store for both directions
         self.up = ClientStore(self.buffers, shapes, device=self.device, store=store, name="up")
+        self.ceil = opts.k_rounding == "ceil"
         self.down = (
-            SparseDownlink(opts.values, opts.dense_below, shapes, opts.first_copy, store)
+            SparseDownlink(
+                opts.values,
+                (opts.dense_rule, opts.dense_below),
+                shapes,
+                opts.first_copy,
+                store,
+                ceil=self.ceil,
+            )
             if opts.downlink
             else None
         )
@@ -119,19 +143,27 @@ class TopKCompressor(Compressor):
             return torch_topk_indices(flat.view(-1, flat.shape[-1]), k).view(*flat.shape[:-1], k)
         return topk_indices(flat, k)
 
-    def _after_send(self, bufs: dict[str, Params], name: str, idx: torch.Tensor) -> None:
-        """Extra bookkeeping on the sent positions (DGC's momentum factor masking)."""
+    def _after_send(
+        self, bufs: dict[str, Params], name: str, idx: torch.Tensor, dense: bool
+    ) -> None:
+        """Extra bookkeeping on the sent positions (DGC's momentum factor masking);
+        ``dense``: the tensor was sent whole."""
 
-    @staticmethod
-    def _send(flat: torch.Tensor, idx: torch.Tensor, values: str) -> torch.Tensor:
-        """Values sent at ``idx`` (last dim) of ``flat``, taken out of it (error feedback)."""
+    def _send(self, flat: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Values sent at ``idx`` (last dim) of ``flat``, taken out of it (error feedback):
+        ``flat`` keeps ``picked - sent`` there, exactly 0 for fp32 and the fp16 rounding error
+        with ``fp16_residual``, or 0 without it (the error is discarded)."""
+        keep_error = self.cfg.fp16_residual
         if idx.dim() == 1:
-            sent = codec.as_sent(flat[idx], values)
-            flat[idx] -= sent  # exactly 0 for fp32; the fp16 rounding error stays as residual
+            sent = codec.as_sent(flat[idx], self.values)
+            if keep_error:
+                flat[idx] -= sent
+            else:
+                flat[idx] = 0.0
             return sent
         picked = flat.gather(-1, idx)
-        sent = codec.as_sent(picked, values)
-        flat.scatter_(-1, idx, picked - sent)
+        sent = codec.as_sent(picked, self.values)
+        flat.scatter_(-1, idx, picked - sent if keep_error else torch.zeros_like(picked))
         return sent
 
     # -- Compressor protocol --------------------------------------------------------------
@@ -160,13 +192,13 @@ class TopKCompressor(Compressor):
             acc = self._accumulate(bufs, name, g)
             flat = acc.view(-1)
             n = flat.numel()
-            dense = n < self.cfg.dense_below
+            dense = sent_whole(acc.shape, self.cfg.dense_rule, self.cfg.dense_below)
             if dense:
                 idx = torch.arange(n, device=flat.device)
             else:
-                idx = self._select(flat, keep_count(n, sparsity))
-            sent = self._send(flat, idx, self.values)
-            self._after_send(bufs, name, idx)
+                idx = self._select(flat, keep_count(n, sparsity, self.ceil))
+            sent = self._send(flat, idx)
+            self._after_send(bufs, name, idx, dense)
             idx, sent = idx.cpu(), sent.cpu()  # the only device -> host traffic
             if dense:
                 records.append(codec.Dense(sent.reshape(acc.shape), self.values))
@@ -220,13 +252,13 @@ class TopKCompressor(Compressor):
             acc = self._accumulate(bufs, name, g)
             flat = acc.view(c, -1)
             n = flat.shape[1]
-            dense = n < self.cfg.dense_below
+            dense = sent_whole(acc.shape[1:], self.cfg.dense_rule, self.cfg.dense_below)
             if dense:
                 idx = torch.arange(n, device=flat.device).expand(c, n).contiguous()
             else:
-                idx = self._select(flat, keep_count(n, sparsity))
-            sent = self._send(flat, idx, self.values)
-            self._after_send(bufs, name, idx)
+                idx = self._select(flat, keep_count(n, sparsity, self.ceil))
+            sent = self._send(flat, idx)
+            self._after_send(bufs, name, idx, dense)
             idx_h, sent_h = idx.cpu(), sent.cpu()  # the only device -> host traffic
             shape = tuple(acc.shape[1:])
             for row in range(c):

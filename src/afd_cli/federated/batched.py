@@ -233,7 +233,8 @@ class BatchedTrainer:
         index, valid, active = index.to(dev), valid.to(dev), active.to(dev)
         count = valid.sum(-1).clamp(min=1).float()  # real samples per client and step
         loss_sum = torch.zeros(n, device=dev)
-        lr, mom, wd = self.sgd.lr, self.sgd.momentum, self.sgd.weight_decay
+        mom, wd = self.sgd.momentum, self.sgd.weight_decay
+        lr = self.sgd.lr * jobs[0].lr_scale  # one round's jobs: one warm-up scale
         buf: Params = {}
         for t in range(total):
             x, y = self.data.batch(index[t].reshape(-1))

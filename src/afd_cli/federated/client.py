@@ -57,6 +57,7 @@ class LocalJob:
     indices: torch.Tensor
     seed: int
     plan: StepPlan | None = None  # None: every step trains the whole sub-model
+    lr_scale: float = 1.0  # times LocalSGD.lr this round (schedule.lr_warmup_rounds)
 
 
 @dataclass
@@ -65,6 +66,19 @@ class LocalResult:
     loss: float  # mean training loss over all local steps (what AFD's score map reads)
     num_samples: int
     seconds: float
+
+
+def warmup_lr_scale(round: int, warmup_rounds: int) -> float:
+    """Linear learning-rate warm-up: round ``r`` (0-based) of the first ``W`` trains at
+    ``lr * (r + 1) / (W + 1)``, then at ``lr``.
+
+    Lin et al.'s DGC code warms up over 5 epochs (Goyal et al.'s rule, per step, from
+    ``lr / workers`` to ``lr``); federated rounds have no worker count that scales the rate,
+    so the ramp starts at ``lr / (W + 1)`` and rises by the same step every round.
+    """
+    if round >= warmup_rounds:
+        return 1.0
+    return (round + 1) / (warmup_rounds + 1)
 
 
 @dataclass(frozen=True)
@@ -150,7 +164,10 @@ class SequentialTrainer:
                 params[name].copy_(w)
         sgd = self.sgd
         opt = torch.optim.SGD(
-            module.parameters(), lr=sgd.lr, momentum=sgd.momentum, weight_decay=sgd.weight_decay
+            module.parameters(),
+            lr=sgd.lr * job.lr_scale,
+            momentum=sgd.momentum,
+            weight_decay=sgd.weight_decay,
         )
         gen = torch.Generator().manual_seed(job.seed)
         data, idx = self.data.local(job.indices)

@@ -57,7 +57,7 @@ from ..network import Clock
 from ..strategies.base import Strategy
 from ..submodel import View
 from .aggregate import STACK, MaskedMean
-from .client import LocalJob, LocalResult, StepPlan, Trainer
+from .client import LocalJob, LocalResult, StepPlan, Trainer, warmup_lr_scale
 from .guard import FiniteGuard
 from .server import ServerStep
 
@@ -125,6 +125,7 @@ class Federation:
     clock: Clock | None = None  # the deadline, when the clock has one
     team: Solo = SOLO  # the processes of a torchrun run share the clients
     chunk: int | None = CHUNK
+    lr_warmup_rounds: int = 0  # schedule.lr_warmup_rounds (client.warmup_lr_scale)
 
 
 def sample_clients(seed: int, round: int, num_clients: int, per_round: int) -> list[int]:
@@ -160,6 +161,7 @@ def run_round(fed: Federation, round: int, on_client_done: Callable[[], None] | 
     train_s, losses, sizes, rows = 0.0, [], [], []
     kept: list[int] = []  # positions in ``clients`` of the clients aggregated
     step = (fed.chunk if type(team) is Solo else None) or len(clients)  # see the docstring
+    lr_scale = warmup_lr_scale(round, fed.lr_warmup_rounds)
 
     for lo in range(0, len(clients), step):
         ids, vs = clients[lo : lo + step], views[lo : lo + step]
@@ -175,7 +177,7 @@ def run_round(fed: Federation, round: int, on_client_done: Callable[[], None] | 
             down.append(len(payload))
             start = to_device(comp.decode_down(cid, payload, view), device)
             seed = client_seed(fed.seed, round, cid)
-            jobs.append(LocalJob(cid, view.units, start, fed.parts[cid], seed, plans[i]))
+            jobs.append(LocalJob(cid, view.units, start, fed.parts[cid], seed, plans[i], lr_scale))
 
         t_train = time.perf_counter()
         results = guard.check(jobs, fed.trainer.train(jobs, on_client_done))

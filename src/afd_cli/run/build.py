@@ -310,6 +310,7 @@ def build(
         # clients in flight at once: bounded on the host (memory grows ~4 model copies per
         # client); on a GPU the whole round, so the batched trainer sees it as wide as it is
         chunk=None if device.type == "cuda" else CHUNK,
+        lr_warmup_rounds=s.lr_warmup_rounds,
     )
     test = ds.test.to(device)
     evaluate = team.evaluator(

@@ -46,12 +46,14 @@ class AFDOptions(SizedDropoutOptions):
     """Bouacida et al.'s score map (:mod:`afd_cli.scoremap` has the rule and the open choices)."""
 
     score_init: float = option(
-        0.0, "initial score (sampling weight) of every unit (0 = paper)", ge=0
+        0.0,
+        "initial score (sampling weight) of every unit (0 = paper); a credit sets init + gain",
+        ge=0,
     )
     explore: float = option(
         0.2,
-        "share of each redraw taken uniformly (0 = the paper's literal rule, which freezes the "
-        "map after its first improving round)",
+        "share of each redraw taken uniformly; 0 = the paper's literal rule (Algorithms 1-2 as "
+        "written), which freezes the map after its first improving round",
         ge=0,
         le=1,
     )
