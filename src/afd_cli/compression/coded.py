@@ -28,7 +28,7 @@ import torch
 from ..options import ConfigError, option
 from . import codec
 from .base import CompressionOptions, Compressor, Params, RoundContext, View
-from .delta import DeltaDownlink
+from .delta import DeltaDownlink, dense_of
 from .state import ClientStore
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ class CodedCompressor(Compressor):
 
     def sent_entries(self, record: Any) -> int:
         """Entries a record sends (the ``sparsity`` column): all of them by default."""
-        return int(np.prod(record.shape))
+        return int(dense_of(record).numel())
 
     # -- helpers --------------------------------------------------------------------------
     def seeds(self, client: int, direction: int, count: int) -> list[int]:
@@ -126,7 +126,7 @@ class CodedCompressor(Compressor):
                 records.append(rec)
                 self.count(self.sent_entries(rec), n)
                 if bufs is not None:
-                    bufs[name] = t - rec.to_dense().reshape(t.shape)
+                    bufs[name] = t - dense_of(rec).reshape(t.shape)
             else:
                 records.append(codec.Dense(t, "fp32"))
                 self.count(n, n)

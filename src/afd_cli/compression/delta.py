@@ -37,6 +37,13 @@ from .state import ClientStore, Shapes, StateStore
 Code = Callable[[Params], dict[str, object]]
 
 
+def dense_of(rec: object) -> torch.Tensor:
+    """The fp32 tensor a record decodes to (``Dense`` holds it, the codes' records make it)."""
+    if isinstance(rec, codec.Dense):
+        return rec.values
+    return rec.to_dense()  # type: ignore[attr-defined]
+
+
 class DeltaDownlink:
     """Per-client copies plus a lossy code of the difference to them."""
 
@@ -105,7 +112,7 @@ class DeltaDownlink:
                 body = next(records, None)
                 if body is None:
                     raise ValueError(f"downlink payload: {name} has a patch but no code")
-                new = torch.nan_to_num(have, nan=0.0) + body.to_dense().reshape(have.shape)
+                new = torch.nan_to_num(have, nan=0.0) + dense_of(body).reshape(have.shape)
                 new.view(-1)[rec.indices] = rec.values
             else:
                 raise ValueError(f"{name}: unexpected {type(rec).__name__} record first")
