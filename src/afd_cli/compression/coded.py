@@ -72,7 +72,7 @@ class CodedCompressor(Compressor):
         shapes, store = self._shapes, self.store
         self.up = ClientStore(("e",), shapes, store=store, name="up") if self.feedback else None
         self.down = (
-            DeltaDownlink(opts.dense_below, shapes, opts.first_copy, store)
+            DeltaDownlink(opts.dense_below, shapes, opts.first_copy, store, self.down_gain)
             if opts.downlink
             else None
         )
@@ -85,6 +85,10 @@ class CodedCompressor(Compressor):
     def sent_entries(self, record: Any) -> int:
         """Entries a record sends (the ``sparsity`` column): all of them by default."""
         return int(dense_of(record).numel())
+
+    def down_gain(self, record: Any) -> float:
+        """The share of a downlink record the client applies (1: all of it)."""
+        return 1.0
 
     # -- helpers --------------------------------------------------------------------------
     def seeds(self, client: int, direction: int, count: int) -> list[int]:

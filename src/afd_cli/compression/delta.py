@@ -17,6 +17,12 @@ Per tensor a payload holds one of:
   positions -- an empty list costs 3 bytes or so --, then the code of the difference on
   the entries it has, with zeros at the new ones.
 
+An unbiased code whose variance can exceed the difference itself (QSGD: up to
+``min(d / s^2, sqrt(d) / s)`` times its squared norm) would not shrink the difference; with
+``gain`` the client applies ``gain(record)`` times the decoded record instead (QSGD uses
+``1 / (1 + that bound)``, which makes the expected squared difference shrink by
+``bound / (1 + bound)`` per download).
+
 Client and server share the one copy in the simulation: ``encode`` reads it, ``decode``
 applies the payload to it, so each payload is decoded exactly once, in order, and the copy is
 always what the client has decoded.
@@ -53,12 +59,14 @@ class DeltaDownlink:
         shapes: Shapes | None = None,
         first_copy: str = "fp32",
         store: StateStore | None = None,
+        gain: Callable[[object], float] | None = None,
     ) -> None:
         if first_copy not in ("fp32", "fp16", "q8"):
             raise ValueError(f"first_copy must be fp32, fp16 or q8, got {first_copy!r}")
         self.dense_below = dense_below
         self.first_copy = first_copy
         self.patch = "fp16" if first_copy == "fp16" else "fp32"
+        self.gain = gain  # the share of a code's record the client applies (default 1)
         self.copies = ClientStore(("w",), shapes, fill=math.nan, store=store, name="down")
 
     def encode(self, client: int, weights: Params, view: View, code: Code) -> bytes:
@@ -112,7 +120,10 @@ class DeltaDownlink:
                 body = next(records, None)
                 if body is None:
                     raise ValueError(f"downlink payload: {name} has a patch but no code")
-                new = torch.nan_to_num(have, nan=0.0) + dense_of(body).reshape(have.shape)
+                step = dense_of(body).reshape(have.shape)
+                if self.gain is not None and not isinstance(body, codec.Dense):
+                    step = step * self.gain(body)
+                new = torch.nan_to_num(have, nan=0.0) + step
                 new.view(-1)[rec.indices] = rec.values
             else:
                 raise ValueError(f"{name}: unexpected {type(rec).__name__} record first")

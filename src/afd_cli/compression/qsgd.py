@@ -22,7 +22,9 @@ stream, in another order, so the same length. Departures: distances run over the
 tensor rather than restarting per bucket, and ``k`` (a varint) says where the stream ends.
 
 QSGD has no error feedback (it is unbiased). With ``downlink=true`` the download is the QSGD
-code of ``current - copy`` per client (:mod:`.delta`).
+code of ``current - copy`` per client (:mod:`.delta`), of which the client applies the share
+``1 / (1 + min(d / s^2, sqrt(d) / s))``: the code's variance may exceed the difference
+itself, and this scaling makes the copy's distance to the model shrink in expectation.
 """
 
 from __future__ import annotations
@@ -105,6 +107,11 @@ def quantize(x: torch.Tensor, levels: int, bucket: int, seed: int) -> QSGDRecord
     )
 
 
+def variance_factor(d: int, s: int) -> float:
+    """Lemma 3.1's bound on ``E||Q_s(v) - v||^2 / ||v||^2`` for a bucket of ``d`` entries."""
+    return min(d / s**2, math.sqrt(d) / s)
+
+
 def _put(out: bytearray, rec: QSGDRecord) -> None:
     _put_varint(out, rec.levels_s)
     _put_varint(out, rec.bucket)
@@ -163,6 +170,11 @@ class QSGDCompressor(CodedCompressor):
             name: quantize(t, self.levels, self.bucket, seed)
             for seed, (name, t) in zip(seeds, tensors.items(), strict=True)
         }
+
+    def down_gain(self, record: QSGDRecord) -> float:
+        """``1 / (1 + w)``, ``w = min(d / s^2, sqrt(d) / s)`` (Lemma 3.1's variance factor):
+        the downlink applies that share of each decoded delta (see :mod:`.delta`)."""
+        return 1.0 / (1.0 + variance_factor(record.bucket, record.levels_s))
 
     def sent_entries(self, record: QSGDRecord) -> int:
         """The non-zero levels."""
