@@ -169,3 +169,34 @@ def test_downlink_converges_to_a_fixed_model() -> None:
         errs.append(float((got["w"] - moved["w"]).norm()))
     assert errs[-1] < 0.2 * errs[0]
     assert math.isfinite(errs[-1])
+
+
+CNN_MNIST = {
+    "conv1.weight": (32, 1, 5, 5),
+    "conv1.bias": (32,),
+    "conv2.weight": (64, 32, 5, 5),
+    "conv2.bias": (64,),
+    "fc1.weight": (512, 3136),
+    "fc1.bias": (512,),
+    "fc2.weight": (10, 512),
+    "fc2.bias": (10,),
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "size"),
+    [
+        ("efsign", {}, 213_464),
+        ("powersgd", {"rank": 1}, 25_847),
+        ("powersgd", {"rank": 2}, 45_983),
+        ("powersgd", {"rank": 4}, 86_255),
+        ("qsgd", {"levels": 4}, 235_198),
+    ],
+)
+def test_cnn_mnist_upload_sizes_in_the_docs(name: str, options: dict, size: int) -> None:
+    """docs/concepts/compression.md's table (efsign and powersgd sizes do not depend on the
+    values; QSGD's do, held to 1%)."""
+    g = torch.Generator().manual_seed(0)
+    upd = {n: torch.randn(s, generator=g) * 0.01 for n, s in CNN_MNIST.items()}
+    got = len(make(name, **options).encode_up(0, upd, ID, RoundContext(0, 10)))
+    assert got == pytest.approx(size, rel=0.01 if name == "qsgd" else 0)
