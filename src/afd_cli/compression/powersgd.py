@@ -48,10 +48,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.distributed.algorithms.ddp_comm_hooks.powerSGD_hook import (
-    _orthogonalize,
-    _should_compress,
-)
 
 from .. import registry
 from ..options import option
@@ -59,6 +55,20 @@ from . import codec
 from .base import Params, View
 from .coded import DOWN, CodedCompressor, CodedOptions
 from .state import ClientStore
+
+try:
+    from torch.distributed.algorithms.ddp_comm_hooks.powerSGD_hook import (
+        _orthogonalize,
+        _should_compress,
+    )
+except ImportError:  # a torch built without torch.distributed: the same maths, by QR
+
+    def _orthogonalize(matrices: torch.Tensor, epsilon: float = 0) -> None:
+        matrices.copy_(torch.linalg.qr(matrices).Q)
+
+    def _should_compress(rows: int, cols: int, rank: int, rate: float) -> tuple[bool, int, int]:
+        return (rows + cols) * rank * rate < rows * cols, rows * cols, (rows + cols) * rank
+
 
 MIN_COMPRESSION_RATE = 2  # powerSGD_hook's default: compress when it at least halves a tensor
 EPSILON = 1e-8  # orthogonalisation epsilon: an all-zero column stays finite (the hook's advice)
