@@ -63,6 +63,7 @@ SLOW = {
     "test_resume.py::test_resume_repairs_a_damaged_metrics_csv_exactly",  # 9-10 s each
     "test_resume.py::test_kill_before_the_first_checkpoint_still_resumes",  # 12 s
     "test_resume.py::test_from_scratch_deletes_the_state_files",  # 11 s
+    "test_codec_resume.py",  # three runs per codec: 36-51 s each on busy cores
     # torchrun launches: 14-20 s each
     "test_distributed.py::test_two_processes_give_the_one_process_run",
     "test_distributed.py::test_two_process_run_resumes_exactly_on_one",

@@ -34,7 +34,7 @@ BAD = {
     "compression.sparsity=1": "compression.sparsity=1.0 is out of range",
     "schedule.momentum=1.5": "schedule.momentum=1.5 is out of range",
     "compression.downlink=true": "compression.downlink=true needs a compressor that reads it, "
-    "not compression='none'; choose one of: dgc, hadamard, topk",
+    "not compression='none'; choose one of: dgc, efsign, hadamard, powersgd, qsgd, topk",
     "state.dtype=fp8": "state.dtype='fp8' is not valid; choose one of: fp32, fp16, bf16",
     "state.memory_mb=-5": "state.memory_mb=-5 is out of range; expected null or an integer >= 0",
 }

@@ -45,7 +45,8 @@ COMBOS = [
     for compression in COMPRESSIONS
     for downlink in ((False, True) if compression in DOWNLINK_COMPRESSIONS else (False,))
 ]
-# options layered on a combination: q8 first copies, DGC's rare-participation remedy
+# options layered on a combination: q8 first copies, DGC's rare-participation remedy, and the
+# codecs of issue 27 (efsign, qsgd, powersgd) at other settings with sub-models on both links
 EXTRAS = [
     (strategy, "dgc", True, opts)
     for strategy in STRATEGIES
@@ -53,6 +54,10 @@ EXTRAS = [
         ("compression.first_copy=q8",),
         ("compression.momentum_correction=false", "compression.server_momentum=0.9"),
     )
+] + [
+    ("fd", "efsign", True, ("compression.first_copy=q8",)),
+    ("multi", "qsgd", True, ("compression.levels=1", "compression.bucket=0")),
+    ("heterofl", "powersgd", True, ("compression.rank=1", "compression.first_copy=fp16")),
 ]
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible")
 

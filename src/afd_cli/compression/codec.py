@@ -13,6 +13,8 @@ Layout (little endian)::
                | ceil(m / block) * (lo:f32 | step:f32) | ceil(m * bits / 8) bytes of codes
                (randomised Hadamard rotation, subsampling, stochastic quantisation: the
                layout's meaning and the maths are in :mod:`.hadamard`)
+      SIGN, QSGD, LOWRANK: bodies written by the codec modules that register them with
+               :func:`register_kind` (:mod:`.efsign`, :mod:`.qsgd`, :mod:`.powersgd`)
 
 Names are not sent: sender and receiver agree on the parameter order (the dict order), so
 records are positional. Shapes are sent because sub-model shapes change per client and round.
@@ -30,9 +32,10 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,6 +53,7 @@ __all__ = [
     "encode",
     "encode_params",
     "entropy_bound_bits",
+    "register_kind",
     "rice_decode",
     "rice_encode",
     "rice_parameter",
@@ -70,6 +74,9 @@ class Kind(IntEnum):
     SPARSE32 = 3
     SPARSE16 = 4
     HADAMARD = 5
+    SIGN = 6
+    QSGD = 7
+    LOWRANK = 8
 
 
 _DENSE_KINDS = {"fp32": Kind.DENSE32, "fp16": Kind.DENSE16, "q8": Kind.Q8}
@@ -110,8 +117,22 @@ class Sparse:
         return out.reshape(self.shape)
 
 
-Record = Dense | Sparse | Rotated
+Record = Dense | Sparse | Rotated  # and the kinds of register_kind
 _ROT_HEAD = struct.Struct("<BBIH")
+
+# record kinds whose bodies another module writes: kind -> (class, put, get)
+Put = Callable[[bytearray, Any], None]
+Get = Callable[[memoryview, int, tuple[int, ...]], tuple[Any, int]]
+_EXTRA: dict[Kind, tuple[type, Put, Get]] = {}
+_EXTRA_BY_CLASS: dict[type, Kind] = {}
+
+
+def register_kind(kind: Kind, cls: type, put: Put, get: Get) -> None:
+    """A record kind defined outside this module: ``put(out, rec)`` appends the body of a
+    ``cls`` record (which has a ``shape``) after its tag and dims; ``get(buf, pos, shape)``
+    reads it back and returns ``(record, new pos)``. The record needs ``to_dense()``."""
+    _EXTRA[kind] = (cls, put, get)
+    _EXTRA_BY_CLASS[cls] = kind
 
 
 # --------------------------------------------------------------------------- helpers
@@ -183,6 +204,11 @@ def _np32(t: torch.Tensor) -> np.ndarray:
 
 
 def _encode_record(out: bytearray, rec: Record) -> None:
+    extra = _EXTRA_BY_CLASS.get(type(rec))
+    if extra is not None:
+        _put_shape(out, extra, tuple(int(d) for d in rec.shape))
+        _EXTRA[extra][1](out, rec)
+        return
     if isinstance(rec, Rotated):
         _encode_rotated(out, rec)
         return
@@ -307,6 +333,10 @@ def decode(payload: bytes) -> list[Record]:
         for _ in range(ndim):
             d, pos = _get_varint(buf, pos)
             shape.append(d)
+        if kind in _EXTRA:
+            rec, pos = _EXTRA[kind][2](buf, pos, tuple(shape))
+            out.append(rec)
+            continue
         if kind == Kind.HADAMARD:
             rec, pos = _decode_rotated(buf, pos, shape)
             out.append(rec)
