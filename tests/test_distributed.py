@@ -32,6 +32,7 @@ from afd_cli.metrics import COLUMNS, TIMING_COLUMNS, intact_rows
 from afd_cli.run import build as building
 from afd_cli.run import checkpoint as ckpts
 from afd_cli.run import loop, rundir
+from afd_cli.stateindex import SlotTable, join
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()),
@@ -99,13 +100,22 @@ def assert_same(a, b, where: str = "checkpoint") -> None:
 
 
 def checkpoint(run_dir: Path) -> dict:
-    """The checkpoint with every client's state inline: a one-process run's checkpoint names
-    files in ``state/`` (incremental), a torchrun run's holds the gathered values."""
+    """The checkpoint with every client's state inline (its index names files in ``state/``,
+    written by one process or by each process of a torchrun run)."""
     ckpt = ckpts.load(run_dir / "checkpoint.pt")
     if "store" in ckpt:
         cfg = validate(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
         ckpts.inline_store(ckpt, cfg, building.build(cfg), run_dir / rundir.STATE_DIR)
     return ckpt
+
+
+def state_files(run_dir: Path) -> list[str]:
+    """The client-state files the checkpoint names, as namespace/client (not generation)."""
+    index = ckpts.load(run_dir / "checkpoint.pt").get("store", {"slots": {}})
+    on_disk = {p.relative_to(run_dir / "state") for p in (run_dir / "state").rglob("*.bin")}
+    named = {Path(n) / f"c{c}_g{g}.bin" for n, t in index["slots"].items() for c, g in t.items()}
+    assert on_disk == named, on_disk ^ named  # nothing else left behind
+    return [f"{n}/{c}" for n, t in index["slots"].items() for c in t]
 
 
 def assert_same_run(a: Path, b: Path) -> None:
@@ -153,7 +163,7 @@ def test_two_processes_give_the_one_process_run(refs, two, name):
     assert summary["compressor_state_bytes"] == ref["compressor_state_bytes"]
     if name == "fedavg-skip":
         assert metrics(run_dir)["skipped"].sum() > 0  # the case it is there for happened
-    # rank 0 alone wrote the directory, and only once
+    # rank 0 alone wrote the directory, and only once; every process its clients' state
     assert sorted(f.name for f in run_dir.iterdir()) == [
         ".hydra",
         ".lock",  # the one-writer lock (held by rank 0 only), kept between runs
@@ -161,9 +171,11 @@ def test_two_processes_give_the_one_process_run(refs, two, name):
         "clients.csv",
         "metrics.csv",
         "partition.csv",
+        *(["state"] if (refs[name] / "state").exists() else []),
         "status.json",
         "summary.json",
     ]
+    assert sorted(state_files(run_dir)) == sorted(state_files(refs[name]))
 
 
 def test_two_process_run_resumes_exactly_on_one(refs, two, tmp_path):
@@ -260,19 +272,34 @@ def test_clients_belong_to_client_mod_processes():
     assert [distributed.owner(c, 3) for c in range(7)] == [0, 1, 2, 0, 1, 2, 0]
 
 
-def test_checkpoint_state_merges_per_client_sections_and_splits_them_back():
+def test_an_inline_checkpoint_state_splits_into_each_process_share():
+    """A torchrun checkpoint from before the per-process state files held every client's
+    compressor state inline; each process loads its own clients' share of it."""
     t = torch.ones(2)
-    ranks = [
-        {"round": 3, "names": ["w"], "up": {0: {"v": t}, 2: {"v": t}}, "down": {}},
-        {"round": 3, "names": ["w"], "up": {1: {"v": t}}, "down": {3: {"w": t}}},
-    ]
-    merged = team.merge_states(ranks)
-    assert list(merged["up"]) == [0, 1, 2] and list(merged["down"]) == [3]
-    assert merged["round"] == 3 and merged["names"] == ["w"]
+    merged = {"round": 3, "names": ["w"], "up": {0: {"v": t}, 1: {"v": t}, 2: {"v": t}}}
     assert team.own_share(merged, 1, 2)["up"].keys() == {1}
     assert team.own_share(merged, 0, 3)["up"].keys() == {0}
-    with pytest.raises(RuntimeError, match="client 0 is in two processes"):
-        team.merge_states([ranks[0], ranks[0]])
+    assert team.own_share(merged, 0, 2)["round"] == 3
+
+
+def test_process_indexes_join_into_one_and_refuse_a_client_named_twice():
+    spaces = {"up": {"numel": 2, "dtype": "fp32", "layout": None, "sharded": True}}
+
+    def index(gens: dict[int, int], next_gen: int) -> dict:
+        return {
+            "version": 2,
+            "next_gen": next_gen,
+            "spaces": spaces,
+            "slots": {"up": SlotTable(gens)},
+            "checksum": "crc32",
+            "sums": {"up": SlotTable({c: 7 for c in gens})},
+        }
+
+    joined = join([index({0: 1, 2: 3}, 5), index({1: 2}, 8)])
+    assert joined["slots"]["up"] == {0: 1, 1: 2, 2: 3} and joined["next_gen"] == 8
+    assert joined["sums"]["up"] == {0: 7, 1: 7, 2: 7} and joined["spaces"] == spaces
+    with pytest.raises(RuntimeError, match="named by two processes"):
+        join([index({0: 1}, 5), index({0: 2}, 8)])
 
 
 @pytest.mark.parametrize("value", ["0", "-3", "soon", "nan"])

@@ -68,6 +68,7 @@ from .statefiles import (
     fsync_path,
     recorded_crc,
 )
+from .stateindex import ALONE, Shard, SlotTable, _slot_table  # noqa: F401 (old pickles)
 
 INDEX_VERSION = 2  # 2: "sums", the CRC-32 of every file (1 had sizes only)
 
@@ -86,31 +87,11 @@ class Space:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     fill: float = 0.0
     layout: Any = None
+    sharded: bool = False  # under torchrun only the client's owner holds it (else every process)
 
     @property
     def nbytes(self) -> int:
         return self.numel * self.dtype.itemsize
-
-
-class SlotTable(dict):
-    """``{client: int}`` of one namespace in an index (each slot's file generation, or its
-    CRC-32). A dict, pickled as two int64 arrays: a checkpoint names every client that holds
-    state (10^5 of them in a cross-device run), and pickling that many dict entries through
-    ``torch.save`` (which calls back into Python for every object) cost 0.3-0.4 s a checkpoint
-    at 10^5 clients; two arrays cost 0.06 s."""
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        keys = np.fromiter(self.keys(), dtype=np.int64, count=len(self))
-        values = np.fromiter(
-            (-1 if v is None else v for v in self.values()), dtype=np.int64, count=len(self)
-        )
-        return (_slot_table, (keys, values))
-
-
-def _slot_table(keys: np.ndarray, values: np.ndarray) -> SlotTable:
-    return SlotTable(
-        zip(keys.tolist(), (None if v < 0 else v for v in values.tolist()), strict=True)
-    )
 
 
 @dataclass
@@ -134,6 +115,8 @@ class StateStore:
     :meth:`references`, where they name their namespace instead (a run checkpoint saves the
     values through :meth:`commit`).
     ``fsync``: :meth:`commit` flushes the files its index names to the disk first.
+    ``shard``: this process's place in a torchrun run (:mod:`afd_cli.stateindex`: which
+    slots its index names, which file generations it draws, whether it tidies ``directory``).
     """
 
     def __init__(
@@ -142,6 +125,7 @@ class StateStore:
         directory: Path | str | None = None,
         dtype: str = "fp32",
         fsync: bool = False,
+        shard: Shard = ALONE,
     ) -> None:
         if dtype not in DTYPES:
             raise ValueError(f"state dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
@@ -150,13 +134,14 @@ class StateStore:
         self.budget = None if memory_mb is None else int(memory_mb * MB)
         self.dtype = DTYPES[dtype]
         self.fsync = fsync
+        self.shard = shard
         self.inline = True  # owners' state_dict() hold values (False inside references())
         self._dir = Path(directory) if directory is not None else None
         self._spaces: dict[str, Space] = {}
         self._slots: dict[str, dict[int, _Slot]] = {}
         self._lru: OrderedDict[tuple[str, int], _Slot] = OrderedDict()  # in memory, oldest first
         self._resident = 0
-        self._next_gen = 1
+        self._next_gen = shard.first_gen(1)
         self._orphans: list[tuple[str, int, int | None]] = []  # cleared slots' committed files
         # what a checkpoint must look at, kept as it changes, so that a checkpoint costs the
         # clients touched since the last one, not every client that ever held state:
@@ -177,8 +162,11 @@ class StateStore:
         device: torch.device | str = "cpu",
         fill: float = 0.0,
         layout: Any = None,
+        sharded: bool = False,
     ) -> Space:
-        """Register (or, after :meth:`restore`, re-attach to) namespace ``name``."""
+        """Register (or, after :meth:`restore`, re-attach to) namespace ``name``. ``sharded``:
+        each client's slot is used only by the process that trains it (a compressor's state);
+        otherwise every process of a torchrun run holds every client's (a strategy's)."""
         dtype = dtype or self.dtype
         old = self._spaces.get(name)
         if old is not None and (old.numel, old.dtype, old.layout) != (numel, dtype, layout):
@@ -186,7 +174,7 @@ class StateStore:
                 f"state namespace {name!r} holds {old.numel} x {DTYPE_NAMES[old.dtype]} per "
                 f"client, not {numel} x {DTYPE_NAMES[dtype]} (a different model or state.dtype)"
             )
-        sp = Space(name, int(numel), dtype, torch.device(device), fill, layout)
+        sp = Space(name, int(numel), dtype, torch.device(device), fill, layout, sharded)
         self._spaces[name] = sp
         self._slots.setdefault(name, {})
         self._gens.setdefault(name, SlotTable())
@@ -266,7 +254,8 @@ class StateStore:
                 self._resident -= self._spaces[ns].nbytes
             if slot.gen is not None and slot.gen != slot.committed:
                 self._unlink(ns, client, slot.gen)
-            self._orphans.append((ns, client, slot.committed))
+            if self.shard.names(client):  # another process's file otherwise
+                self._orphans.append((ns, client, slot.committed))
         self._slots[ns] = {}
         self._gens[ns], self._sums[ns] = SlotTable(), SlotTable()
 
@@ -324,7 +313,7 @@ class StateStore:
         """Write the slot to a new generation file; drop its previous file unless the last
         committed index names it."""
         assert slot.flat is not None
-        gen, self._next_gen = self._next_gen, self._next_gen + 1
+        gen, self._next_gen = self._next_gen, self._next_gen + self.shard.size
         path = self._path(ns, client, gen)
         path.parent.mkdir(parents=True, exist_ok=True)
         raw = slot.flat.detach().cpu().contiguous().view(torch.uint8).numpy()
@@ -333,7 +322,8 @@ class StateStore:
         self.bytes_written += raw.nbytes
         old, slot.gen, slot.dirty = slot.gen, gen, False
         slot.crc, slot.synced = checksum(raw), False
-        self._gens[ns][client], self._sums[ns][client] = gen, slot.crc
+        if self.shard.names(client):
+            self._gens[ns][client], self._sums[ns][client] = gen, slot.crc
         self._written.add((ns, client))
         if old is not None and old != slot.committed:
             self._unlink(ns, client, old)
@@ -369,11 +359,18 @@ class StateStore:
         file of every slot and its CRC-32 (to be saved atomically by the caller, then
         :meth:`committed`). With ``fsync``, those files are on the disk first.
 
-        Costs the slots touched since the last commit, plus a copy of the two tables.
+        Costs the slots touched since the last commit, plus a copy of the two tables. Under
+        torchrun the index names this process's clients only (:meth:`Shard.names`), the
+        others' stay in memory, unwritten.
         """
         for ns, client in sorted(self._touched):
             slot = self._slots.get(ns, {}).get(client)
-            if slot is not None and slot.flat is not None and (slot.dirty or slot.gen is None):
+            if (
+                slot is not None
+                and slot.flat is not None
+                and (slot.dirty or slot.gen is None)
+                and self.shard.names(client)
+            ):
                 self._write(ns, client, slot)
         self._touched.clear()
         if self.fsync:
@@ -382,7 +379,12 @@ class StateStore:
             "version": INDEX_VERSION,
             "next_gen": self._next_gen,
             "spaces": {
-                n: {"numel": sp.numel, "dtype": DTYPE_NAMES[sp.dtype], "layout": sp.layout}
+                n: {
+                    "numel": sp.numel,
+                    "dtype": DTYPE_NAMES[sp.dtype],
+                    "layout": sp.layout,
+                    "sharded": sp.sharded,
+                }
                 for n, sp in self._spaces.items()
             },
             "slots": {n: SlotTable(self._gens.get(n, {})) for n in self._slots},
@@ -413,7 +415,7 @@ class StateStore:
         self._orphans = []
         for ns, client in self._written:  # no other slot's file changed
             slot = self._slots.get(ns, {}).get(client)
-            if slot is None:
+            if slot is None or not self.shard.names(client):  # not in this index: a spill
                 continue
             if slot.committed is not None and slot.committed != slot.gen:
                 self._unlink(ns, client, slot.committed)
@@ -430,16 +432,17 @@ class StateStore:
         self._lru.clear()
         self._resident = 0
         self._orphans = []
-        self._next_gen = 1
-        if self._dir is not None and self._dir.exists():
+        self._next_gen = self.shard.first_gen(1)
+        if self._dir is not None and self._dir.exists() and self.shard.tidies:
             shutil.rmtree(self._dir)
 
     def restore(self, index: dict[str, Any], checked: bool = False) -> None:
         """Continue from a checkpoint's index: its slots (on disk, read when asked for) and
-        nothing else -- files it does not name are deleted. ``checked``: :func:`check_index`
-        has just passed (``checkpoint.load`` runs it), do not read every file again. An index
-        without checksums (version 1, sizes only) gets them here, from the files as they are,
-        so later damage is caught."""
+        nothing else -- files it does not name are deleted (by rank 0 alone under torchrun,
+        where a process keeps only its own clients' slots of the sharded namespaces).
+        ``checked``: :func:`check_index` has just passed (``checkpoint.load`` runs it), do
+        not read every file again. An index without checksums (version 1, sizes only) gets
+        them here, from the files as they are, so later damage is caught."""
         if not checked:
             check_index(index, self.directory)
         self._lru.clear()
@@ -459,34 +462,37 @@ class StateStore:
                 old.device if old is not None else torch.device("cpu"),
                 old.fill if old is not None else 0.0,
                 meta["layout"],
+                old.sharded if old is not None else bool(meta.get("sharded", False)),
             )
         sums = index.get("sums", {})  # none in an index of version 1: sizes only
-        self._slots = {
-            n: {
-                int(c): _Slot(None, int(g), False, int(g), recorded_crc(sums.get(n, {}), c))
-                for c, g in slots.items()
-            }
-            for n, slots in index["slots"].items()
-        }
-        self._next_gen = int(index["next_gen"])
-        named = set()
-        for n, slots in self._slots.items():
-            for c, slot in slots.items():
-                path = self._path(n, c, slot.gen)  # type: ignore[arg-type]
+        named = set()  # every file the index names, this process's or not
+        self._slots = {}
+        for n, slots in index["slots"].items():
+            sharded = n in self._spaces and self._spaces[n].sharded
+            table = self._slots[n] = {}
+            for c, g in slots.items():
+                path = self._path(n, int(c), int(g))
                 named.add(path)
+                if sharded and not self.shard.names(int(c)):
+                    continue  # another process's client
+                slot = _Slot(None, int(g), False, int(g), recorded_crc(sums.get(n, {}), c))
                 if slot.crc is None:
                     slot.crc = file_checksum(path)
+                table[int(c)] = slot
+        self._next_gen = self.shard.first_gen(int(index["next_gen"]))
         self._gens = {
-            n: SlotTable((c, s.gen) for c, s in sl.items()) for n, sl in self._slots.items()
+            n: SlotTable((c, s.gen) for c, s in sl.items() if self.shard.names(c))
+            for n, sl in self._slots.items()
         }
         self._sums = {
-            n: SlotTable((c, s.crc) for c, s in sl.items()) for n, sl in self._slots.items()
+            n: SlotTable((c, s.crc) for c, s in sl.items() if self.shard.names(c))
+            for n, sl in self._slots.items()
         }
         for n in self._spaces:
             self._slots.setdefault(n, {})
             self._gens.setdefault(n, SlotTable())
             self._sums.setdefault(n, SlotTable())
-        if self._dir is not None and self._dir.exists():
+        if self._dir is not None and self._dir.exists() and self.shard.tidies:
             for p in self._dir.rglob("*.bin"):
                 if p not in named:
                     p.unlink()

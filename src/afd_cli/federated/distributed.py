@@ -56,16 +56,12 @@ import torch
 import torch.distributed as dist
 
 from ..config import ConfigError
+from ..stateindex import owner  # noqa: F401 (the process that trains a client)
 
 T = TypeVar("T")
 TIMEOUT_ENV = "AFD_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 300.0
 LAUNCH_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
-def owner(client: int, size: int) -> int:
-    """The process that trains ``client`` when ``size`` processes share a run."""
-    return client % size
 
 
 @dataclass(frozen=True)
@@ -281,3 +277,10 @@ def _broadcast(obj: Any, what: str) -> Any:
 def total(value: int, what: str) -> int:
     """The sum of ``value`` over the processes."""
     return value if _world is None else sum(all_gather(value, what))
+
+
+def barrier(what: str) -> None:
+    """Wait for every process (nothing to do alone)."""
+    if _world is not None:
+        with _collective(what):
+            dist.barrier()

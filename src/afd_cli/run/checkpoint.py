@@ -34,7 +34,7 @@ import torch
 
 from .. import compression, registry, strategies
 from ..config import ConfigError, RootConfig
-from ..federated import team
+from ..federated import distributed, team
 from ..federated.round import SOLO
 from ..state import StateStore
 from ..statefiles import (
@@ -175,33 +175,25 @@ def save(
     state: RunState,
     last: dict[str, Any],
 ) -> int:
-    """Write the checkpoint (see the module docstring); returns the bytes it wrote.
+    """Write the checkpoint (see the module docstring); returns the bytes it wrote (every
+    process's state files, and the file).
 
     ``config``: what the resume check compares (:func:`afd_cli.run.resume.comparable`).
-    ``path`` None (a torchrun process other than rank 0): only hand in this process's state.
+    ``path`` None (a torchrun process other than rank 0): commit this process's clients and
+    hand its index to rank 0.
     """
     fed = sim.fed
-    if fed.team is not SOLO:
-        ckpt = {
-            "config": config,
-            "weights": {k: w.cpu() for k, w in sim.weights.items()},
-            "strategy": fed.strategy.state_dict(),
-            "compressor": team.gathered_state(fed.compressor.state_dict()),
-            "server": fed.server.state_dict(),
-            "state": state.to_dict(),
-            "row": dict(last),
-        }
-        if path is None:
-            return 0
-        return _replace(path, ckpt, sim.store.fsync)
-    assert path is not None
     before = sim.store.bytes_written
-    index = sim.store.commit()  # changed client state, under new file names
+    index: dict[str, Any] | None = sim.store.commit()  # changed state, under new file names
+    written = sim.store.bytes_written - before
+    if fed.team is not SOLO:  # every process's files are written: rank 0 joins the indexes
+        index, written = team.joined_index(index, written)
     with sim.store.references():  # per-client state: only its namespace, the index has it
         strategy_state, compressor_state = fed.strategy.state_dict(), fed.compressor.state_dict()
-    written = _replace(
-        path,
-        {
+
+    def write() -> int:
+        assert path is not None and index is not None
+        ckpt = {
             "config": config,
             "weights": {k: w.cpu() for k, w in sim.weights.items()},
             "strategy": strategy_state,
@@ -210,11 +202,13 @@ def save(
             "state": state.to_dict(),
             "store": index,
             "row": dict(last),
-        },
-        sim.store.fsync,
-    )
+        }
+        return _replace(path, ckpt, sim.store.fsync)
+
+    # every process waits for rank 0's file (or its failure) before deleting replaced files
+    written += distributed.from_lead(write, "writing the checkpoint")
     sim.store.committed()  # only now: the files the new index no longer names
-    return sim.store.bytes_written - before + written
+    return written
 
 
 def _replace(path: Path, ckpt: dict[str, Any], fsync: bool) -> int:
