@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -40,6 +41,8 @@ pytestmark = pytest.mark.skipif(
 )
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible")
 
+ROOT = Path(__file__).resolve().parents[1]
+MULTINODE = ROOT / "examples" / "multinode.sh"  # docs/distributed.md includes it
 BASE = [o for o in SMALL if not o.startswith("progress=")] + ["progress=none", "device=cpu"]
 KEEP = [c for c in COLUMNS if c not in TIMING_COLUMNS]
 # single (replicated score map) with DGC and downlink (client state on the owning process)
@@ -49,6 +52,9 @@ CONFIGS = {
     # lr 2: a client's training turns non-finite in round 3 and is skipped in every process
     "fedavg-skip": ["strategy=fedavg", "schedule.lr=2", "on_nonfinite=skip_client"],
     "single-dgc-downlink": DGC,
+    # per-client score maps (every process holds all, the client's process writes them) and
+    # DGC, both spilled to state/ by every process under a tiny memory budget
+    "multi-dgc-spill": ["strategy=multi", "compression=dgc", "state.memory_mb=0"],
 }
 
 
@@ -194,6 +200,57 @@ def test_one_process_run_resumes_exactly_on_two(refs, tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     assert_same_run(refs["dgc-4"], run_dir)
     assert json.loads((run_dir / "resume.log").read_text())["changed"]["schedule.rounds"] == [3, 4]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_rehearsed_on_this_machine_give_the_one_process_run(refs, tmp_path):
+    """docs/distributed.md's multi-node recipe (examples/multinode.sh, included there as it
+    is): two torchrun agents, one process each, meeting at a c10d rendezvous on localhost."""
+    run_dir = tmp_path / "r"
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "ENDPOINT": f"localhost:{free_port()}",
+        "RUN_ID": f"afd-test-{os.getpid()}",
+        "NODES": "2",
+        "PROCS": "1",
+        "RUN_DIR": str(run_dir),
+    }
+    args = [*BASE, *CONFIGS["single-dgc-downlink"], "schedule.rounds=3"]
+    nodes = [
+        subprocess.Popen(
+            ["bash", str(MULTINODE), *args],
+            cwd=tmp_path,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
+    try:
+        outs = [p.communicate(timeout=300) for p in nodes]
+    finally:
+        for p in nodes:
+            if p.poll() is None:
+                p.kill()
+    for p, (_, err) in zip(nodes, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    assert_same_run(refs["single-dgc-downlink"], run_dir)
+    assert json.loads((run_dir / "summary.json").read_text())["processes"] == 2
+
+
+def test_the_docs_multinode_recipe_is_the_script_the_test_runs():
+    page = (ROOT / "docs" / "distributed.md").read_text()
+    assert '--8<-- "examples/multinode.sh"' in page
+    script = MULTINODE.read_text()
+    assert "--rdzv-backend=c10d" in script and "--nnodes=" in script
 
 
 def _child_with_rank(parent: int, rank: int) -> int | None:

@@ -422,6 +422,15 @@ class StateStore:
             slot.committed = slot.gen
         self._written.clear()
 
+    def close(self) -> None:
+        """The run is over: delete the files of the slots this process holds but no index of
+        its names (other processes' clients under torchrun, spilled here), of no use after."""
+        for ns, slots in self._slots.items():
+            for client, slot in slots.items():
+                spilled = slot.gen is not None and slot.gen != slot.committed
+                if spilled and not self.shard.names(client):
+                    self._unlink(ns, client, slot.gen)  # type: ignore[arg-type]
+
     def reset(self) -> None:
         """Start empty: forget every slot and delete every file (a run starting over)."""
         self._slots = {n: {} for n in self._slots}
