@@ -31,22 +31,22 @@ from typing import Any
 
 SETUP = (
     "dataset=mnist",
-    "model=mlp",
     "partition=iid",
     "strategy=single",
     "compression=dgc",
     "compression.downlink=true",
     "schedule.clients_per_round=20",
-    "schedule.rounds=6",
     "progress=none",
     "device=cpu",
 )
+MODELS = {"mlp": 6, "cnn_mnist": 3}  # model: rounds (cnn_mnist: ~10 CPU s a round here)
 TIMING = ("wall_s", "train_s", "eval_s")
 
 
-def _launch(procs: int, threads: int, run_dir: Path) -> dict[str, Any]:
+def _launch(procs: int, threads: int, run_dir: Path, model: str) -> dict[str, Any]:
     """One launch: its CPU seconds and wall seconds, and what its run directory says."""
     afd = [sys.executable, "-m", "afd_cli.cli", "run", *SETUP, f"threads={threads}"]
+    afd += [f"model={model}", f"schedule.rounds={MODELS[model]}"]
     afd.append(f"hydra.run.dir={run_dir}")
     if procs > 1:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
@@ -85,7 +85,7 @@ def _launch(procs: int, threads: int, run_dir: Path) -> dict[str, Any]:
     }
 
 
-def torchrun_cost(repeats: int = 2) -> list[dict[str, Any]]:
+def torchrun_cost(repeats: int = 2, model: str = "mlp") -> list[dict[str, Any]]:
     """``repeats`` x (1 process x 1 thread, 1 x 2, 2 x 1), each repeat in a new order."""
     out = []
     kinds = [(1, 1), (1, 2), (2, 1)]
@@ -94,11 +94,12 @@ def torchrun_cost(repeats: int = 2) -> list[dict[str, Any]]:
             got = {}
             for procs, threads in kinds[r % 3 :] + kinds[: r % 3]:
                 got[(procs, threads)] = _launch(
-                    procs, threads, Path(tmp) / f"r{r}-{procs}x{threads}"
+                    procs, threads, Path(tmp) / f"r{r}-{procs}x{threads}", model
                 )
             one, two_threads, two = got[(1, 1)], got[(1, 2)], got[(2, 1)]
             out.append(
                 {
+                    "model": model,
                     "repeat": r,
                     "load_avg": os.getloadavg()[0],
                     "cpu_s": [one["cpu_s"], two["cpu_s"]],
@@ -119,14 +120,15 @@ def _print_torchrun(rows: list[dict[str, Any]]) -> None:
 
     from . import console
 
-    t = Table(title="(h) torchrun: 2 processes x 1 thread against 1 process (mnist, mlp, dgc)")
-    for c in ("repeat", "load", "CPU s 1x1 / 2x1", "ratio", "round s 1x2 / 2x1", "ratio"):
+    t = Table(title="(h) torchrun: 2 processes x 1 thread against 1 process (mnist, dgc)")
+    for c in ("model", "repeat", "load", "CPU s 1x1 / 2x1", "ratio", "round s 1x2 / 2x1", "ratio"):
         t.add_column(c, justify="right")
     t.add_column("ckpt s 1x1 / 2x1", justify="right")
     t.add_column("ratio", justify="right")
     t.add_column("same metrics")
     for r in rows:
         t.add_row(
+            r["model"],
             str(r["repeat"]),
             f"{r['load_avg']:.1f}",
             " / ".join(f"{x:.1f}" for x in r["cpu_s"]),
@@ -141,4 +143,6 @@ def _print_torchrun(rows: list[dict[str, Any]]) -> None:
 
 
 if __name__ == "__main__":
-    print(json.dumps(torchrun_cost(int(sys.argv[1]) if len(sys.argv) > 1 else 2), indent=2))
+    args = sys.argv[1:]
+    repeats, model = (int(args[0]) if args else 2), (args[1] if len(args) > 1 else "mlp")
+    print(json.dumps(torchrun_cost(repeats, model), indent=2))
