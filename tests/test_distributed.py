@@ -385,3 +385,32 @@ def test_exit_process_runs_atexit_handlers_and_keeps_the_code(tmp_path):
     assert p.returncode == 3, p.stderr
     assert p.stdout == "said\n"  # flushed before os._exit
     assert mark.read_text() == "yes"
+
+
+def test_each_tensor_is_aggregated_by_one_process_the_largest_spread_first():
+    w = {"a": torch.zeros(100), "b": torch.zeros(60), "c": torch.zeros(50), "d": torch.zeros(5)}
+    assert team.split_tensors(w, 1) == [["a", "b", "c", "d"]]
+    assert team.split_tensors(w, 2) == [["a", "d"], ["b", "c"]]
+    assert team.split_tensors(w, 5)[4] == []  # more processes than tensors: some sum none
+
+
+@pytest.mark.parametrize("name", ["none", "dgc", "hadamard"])
+def test_a_part_of_an_upload_decodes_as_the_whole_does(name):
+    """What a process decodes of an upload (its tensors) is bit for bit the whole decode's."""
+    from afd_cli.compression import RoundContext, make
+    from afd_cli.models import build as build_model
+    from afd_cli.submodel import View
+
+    model = build_model("mlp", (1, 8, 8), 10, hidden=16)
+    shapes = {k: tuple(p.shape) for k, p in model.named_parameters()}
+    comp = make(name, shapes, 0, "cpu")
+    gen = torch.Generator().manual_seed(1)
+    update = {k: torch.randn(s, generator=gen) for k, s in shapes.items()}
+    view = View(model)
+    comp.begin_round(0)
+    payload = comp.encode_up_many([0], [update], [view], RoundContext(0, 1))[0]
+    whole = comp.decode_up(0, payload, view)
+    names = set(team.split_tensors(update, 2)[1])
+    part = comp.decode_up_part(0, payload, view, names)
+    assert set(part) == names and 0 < len(names) < len(whole)
+    assert_same(part, {k: whole[k] for k in part}, "decoded")

@@ -12,6 +12,7 @@ import torch.distributed as dist
 
 from ..config import ConfigError
 from ..stateindex import join
+from .aggregate import MaskedMean
 from .client import Evaluator, mean_of
 from .distributed import World, _collective, all_gather, owner, world
 from .guard import FiniteGuard, filler_loss
@@ -31,6 +32,24 @@ class Team(Solo):
     def mine(self, clients: list[int]) -> list[int]:
         self._clients = list(clients)
         return [i for i, c in enumerate(clients) if owner(c, self.world.size) == self.world.rank]
+
+    def tensors(self, weights: dict[str, torch.Tensor]) -> list[str]:
+        """This process's parameters (:func:`split_tensors`): it decodes only their part of
+        every upload and sums them in client order, as one process does tensor by tensor."""
+        return split_tensors(weights, self.world.size)[self.world.rank]
+
+    def combine(self, mean: MaskedMean) -> None:
+        """Every process's sums of its parameters, exchanged bit for bit: the weights of the
+        sums (``den``, ``total``) follow from the views and sample counts, known to all."""
+        mine = split_tensors(mean.num, self.world.size)[self.world.rank]
+        parts = all_gather(
+            {k: mean.num[k].cpu() for k in mine},
+            f"adding up the uploads of round {self.guard.round}",
+            self.device,
+        )
+        for part in parts:
+            for k, v in part.items():
+                mean.num[k] = v.to(mean.num[k].device)
 
     def gather(self, ups: Uploads) -> Uploads:
         """Every process's uploads and non-finite clients; the round's verdict on those
@@ -88,6 +107,18 @@ class Team(Solo):
             [rows[c][4] for c in clients],
             max(part.train_s for part, *_ in parts),
         )
+
+
+def split_tensors(weights: dict[str, torch.Tensor], size: int) -> list[list[str]]:
+    """The parameters each of ``size`` processes decodes and aggregates: whole tensors, the
+    largest first to the least loaded process (a pure function of the shapes, so every process
+    computes the same split)."""
+    loads, parts = [0] * size, [[] for _ in range(size)]  # type: list[int], list[list[str]]
+    for name in sorted(weights, key=lambda k: (-weights[k].numel(), k)):
+        r = min(range(size), key=lambda i: (loads[i], i))
+        loads[r] += weights[name].numel()
+        parts[r].append(name)
+    return parts
 
 
 def joined_index(index: dict[str, Any], written: int) -> tuple[dict[str, Any] | None, int]:
