@@ -34,8 +34,9 @@ send nothing either.
 
 A *team* says which of the round's clients this process trains and gathers every process's
 :class:`Uploads`; alone (:class:`Solo`, the default) that is all of them and nothing to gather.
-Under torchrun (:mod:`.distributed`) each process encodes, trains and uploads its own clients,
-and every process then decodes and aggregates all uploads in client order, as one process does.
+Under torchrun (:mod:`.distributed`) each process encodes, trains and uploads its own clients;
+every process then decodes its share of the tensors of all uploads and sums them in client
+order, as one process does, and the sums are exchanged (``team.tensors``, ``team.combine``).
 A team of several processes takes the round in one chunk (its exchange settles the round's
 non-finite clients and upload counts at once); each process trains only its own share, and
 decodes and aggregates the gathered uploads ``STACK`` at a time.

@@ -16,10 +16,12 @@ before the header (a plain torch zip) still loads, unchecked. With ``state.fsync
 file is on the disk before it replaces the previous one, and the replace before the files the
 previous index named are deleted.
 
-Under torchrun every process runs the loop with its share of the clients and only rank 0
-writes: the checkpoint is the full one (every process's per-client state gathered into rank
-0's file, no ``state/`` index; each process spills to a private temporary directory), and a
-one-process checkpoint's ``state/`` is read into that form on resume (:func:`inline_store`).
+Under torchrun every process runs the loop with its share of the clients: each commits its
+clients' state files into the run's ``state/`` (:mod:`afd_cli.stateindex`), rank 0 gathers
+the small indexes, joins them and writes the checkpoint, and only once it has said so does
+any process delete the files the new index replaced. The checkpoint is the same as one
+process's, so any number of processes resumes it. (Checkpoints from before, with every
+client's state inline, still load: each process keeps its share.)
 """
 
 from __future__ import annotations
@@ -243,8 +245,8 @@ def restore(sim: Simulation, ckpt: dict[str, Any]) -> None:
 
 
 def inline_store(ckpt: dict[str, Any], cfg: RootConfig, sim: Simulation, directory: Path) -> None:
-    """Replace a one-process checkpoint's state-store references by the per-client values
-    (the form a torchrun run gathers and loads), read through throwaway owners."""
+    """Replace a checkpoint's state-store references by the per-client values (to compare or
+    inspect checkpoints), read through throwaway owners."""
     store = StateStore(None, directory, cfg.state.dtype)  # only reads
     shapes = {k: tuple(w.shape) for k, w in sim.weights.items()}
     setup = registry.Setup(sim.model, shapes, cfg.seed, sim.device, store)
