@@ -25,16 +25,11 @@ change, so commit copies them and pickles them as arrays.
 
 A file named by the index on disk is never deleted or changed before a newer index replaces
 it, so a kill -9 at any moment leaves a checkpoint whose files are all there and whole;
-:meth:`StateStore.restore` trusts only the files its index names and deletes the rest
-(half-written spills, generations written after the last checkpoint).
-
-Sizes do not catch a disk or a copy that changes bytes in place, so every file's CRC-32 is
-kept beside its generation (in memory, and in the index) and checked whenever the file is read
-back, and by :func:`check_index` before a resume (:class:`StateChecksumError`). CRC-32, not a
-cryptographic hash: the damage is not adversarial, and zlib's runs at ~3.7 GB/s here, 3.5x
-sha256 (``docs/concepts/client-state.md``). ``fsync``: the files an index names, and their
-directories, reach the disk before :meth:`StateStore.commit` returns it (a power cut, not
-only a kill, then leaves every named file whole).
+:meth:`StateStore.restore` trusts only the files its index names and deletes the rest. Every
+file's CRC-32 is kept beside its generation (in memory and in the index) and checked when the
+file is read back and before a resume (:mod:`afd_cli.statefiles`); with ``fsync`` the files
+an index names reach the disk before :meth:`StateStore.commit` returns it. Under torchrun
+every process keeps a store in the same ``state/`` (:mod:`afd_cli.stateindex`).
 
 ``dtype`` (fp32, fp16, bf16) is the precision compressor buffers are *kept* in; the
 compressors still compute in fp32 on gathered copies. Score maps keep their own float64.
@@ -65,10 +60,9 @@ from .statefiles import (
     check_index,
     checksum,
     file_checksum,
-    fsync_path,
-    recorded_crc,
+    fsync_files,
 )
-from .stateindex import ALONE, Shard, SlotTable, _slot_table  # noqa: F401 (old pickles)
+from .stateindex import ALONE, Shard, SlotTable, _slot_table, share  # noqa: F401 (old pickles)
 
 INDEX_VERSION = 2  # 2: "sums", the CRC-32 of every file (1 had sizes only)
 
@@ -395,17 +389,13 @@ class StateStore:
     def _sync(self) -> None:
         """fsync every slot file not yet on the disk (spills since the last commit, and the
         commit's own writes), then the directories that name them."""
-        dirs = set()
+        files = []
         for ns, client in sorted(self._written):  # only a written file can be unsynced
             slot = self._slots.get(ns, {}).get(client)
             if slot is not None and not slot.synced and slot.gen is not None:
-                fsync_path(self._path(ns, client, slot.gen))
+                files.append(self._path(ns, client, slot.gen))
                 slot.synced = True
-                dirs.add(ns)
-        for ns in sorted(dirs):
-            fsync_path(self.directory / ns)
-        if dirs:
-            fsync_path(self.directory)
+        fsync_files(files)
 
     def committed(self) -> None:
         """The index from the last :meth:`commit` is saved: delete the files it replaced."""
@@ -423,8 +413,7 @@ class StateStore:
         self._written.clear()
 
     def close(self) -> None:
-        """The run is over: delete the files of the slots this process holds but no index of
-        its names (other processes' clients under torchrun, spilled here), of no use after."""
+        """The run is over: delete the spills of slots no index of this process names."""
         for ns, slots in self._slots.items():
             for client, slot in slots.items():
                 spilled = slot.gen is not None and slot.gen != slot.committed
@@ -473,21 +462,16 @@ class StateStore:
                 meta["layout"],
                 old.sharded if old is not None else bool(meta.get("sharded", False)),
             )
-        sums = index.get("sums", {})  # none in an index of version 1: sizes only
-        named = set()  # every file the index names, this process's or not
-        self._slots = {}
-        for n, slots in index["slots"].items():
-            sharded = n in self._spaces and self._spaces[n].sharded
-            table = self._slots[n] = {}
-            for c, g in slots.items():
-                path = self._path(n, int(c), int(g))
-                named.add(path)
-                if sharded and not self.shard.names(int(c)):
-                    continue  # another process's client
-                slot = _Slot(None, int(g), False, int(g), recorded_crc(sums.get(n, {}), c))
+        sharded = {n for n, sp in self._spaces.items() if sp.sharded}
+        kept, named = share(index, self.shard, sharded)
+        self._slots = {
+            n: {c: _Slot(None, g, False, g, crc) for c, (g, crc) in table.items()}
+            for n, table in kept.items()
+        }
+        for n, slots in self._slots.items():
+            for c, slot in slots.items():
                 if slot.crc is None:
-                    slot.crc = file_checksum(path)
-                table[int(c)] = slot
+                    slot.crc = file_checksum(self._path(n, c, slot.gen))  # type: ignore[arg-type]
         self._next_gen = self.shard.first_gen(int(index["next_gen"]))
         self._gens = {
             n: SlotTable((c, s.gen) for c, s in sl.items() if self.shard.names(c))
@@ -502,6 +486,7 @@ class StateStore:
             self._gens.setdefault(n, SlotTable())
             self._sums.setdefault(n, SlotTable())
         if self._dir is not None and self._dir.exists() and self.shard.tidies:
+            keep = {self._path(n, c, g) for n, c, g in named}
             for p in self._dir.rglob("*.bin"):
-                if p not in named:
+                if p not in keep:
                     p.unlink()

@@ -22,6 +22,7 @@ Under torchrun every process keeps its own store in the run's ``state/`` (:class
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +77,27 @@ def _slot_table(keys: np.ndarray, values: np.ndarray) -> SlotTable:
     return SlotTable(
         zip(keys.tolist(), (None if v < 0 else v for v in values.tolist()), strict=True)
     )
+
+
+def share(
+    index: dict[str, Any], shard: Shard, sharded: Collection[str]
+) -> tuple[dict[str, dict[int, tuple[int, int | None]]], set[tuple[str, int, int]]]:
+    """A process's slots of an index, ``{namespace: {client: (generation, CRC-32 or None)}}``:
+    every client's of a namespace every process holds, only its own clients' of a ``sharded``
+    one; and every ``(namespace, client, generation)`` the index names (the files to keep)."""
+    sums = index.get("sums", {})  # none in an index of version 1: sizes only
+    kept: dict[str, dict[int, tuple[int, int | None]]] = {}
+    named: set[tuple[str, int, int]] = set()
+    for n, slots in index["slots"].items():
+        table = kept[n] = {}
+        for client, gen in slots.items():
+            c, g = int(client), int(gen)
+            named.add((n, c, g))
+            if n in sharded and not shard.names(c):
+                continue  # another process's client
+            crc = sums.get(n, {}).get(client)
+            table[c] = (g, None if crc is None else int(crc))
+    return kept, named
 
 
 def join(indexes: list[dict[str, Any]]) -> dict[str, Any]:
