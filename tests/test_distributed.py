@@ -162,6 +162,7 @@ def two(tmp_path_factory) -> dict[str, Path]:
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_two_processes_give_the_one_process_run(refs, two, name):
     run_dir = two(name)
+    files = state_files(run_dir)  # first: reading a checkpoint back deletes unnamed files
     assert_same_run(refs[name], run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
     ref = json.loads((refs[name] / "summary.json").read_text())
@@ -181,7 +182,7 @@ def test_two_processes_give_the_one_process_run(refs, two, name):
         "status.json",
         "summary.json",
     ]
-    assert sorted(state_files(run_dir)) == sorted(state_files(refs[name]))
+    assert sorted(files) == sorted(state_files(refs[name]))
 
 
 def test_two_process_run_resumes_exactly_on_one(refs, two, tmp_path):

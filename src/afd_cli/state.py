@@ -434,10 +434,10 @@ class StateStore:
         if self._dir is not None and self._dir.exists() and self.shard.tidies:
             shutil.rmtree(self._dir)
 
-    def restore(self, index: dict[str, Any], checked: bool = False) -> None:
+    def restore(self, index: dict[str, Any], checked: bool = False, tidy: bool = True) -> None:
         """Continue from a checkpoint's index: its slots (on disk, read when asked for) and
-        nothing else -- files it does not name are deleted (by rank 0 alone under torchrun,
-        where a process keeps only its own clients' slots of the sharded namespaces).
+        nothing else: with ``tidy``, files it does not name are deleted (by rank 0 alone under
+        torchrun, where a process keeps only its clients' slots of the sharded namespaces).
         ``checked``: :func:`check_index` has just passed (``checkpoint.load`` runs it), do
         not read every file again. An index without checksums (version 1, sizes only) gets
         them here, from the files as they are, so later damage is caught."""
@@ -485,7 +485,7 @@ class StateStore:
             self._slots.setdefault(n, {})
             self._gens.setdefault(n, SlotTable())
             self._sums.setdefault(n, SlotTable())
-        if self._dir is not None and self._dir.exists() and self.shard.tidies:
+        if self._dir is not None and self._dir.exists() and self.shard.tidies and tidy:
             keep = {self._path(n, c, g) for n, c, g in named}
             for p in self._dir.rglob("*.bin"):
                 if p not in keep:

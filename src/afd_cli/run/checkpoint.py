@@ -252,7 +252,7 @@ def inline_store(ckpt: dict[str, Any], cfg: RootConfig, sim: Simulation, directo
     setup = registry.Setup(sim.model, shapes, cfg.seed, sim.device, store)
     strategy = strategies.build(cfg.strategy, setup)
     compressor = compression.build(cfg.compression, setup)
-    store.restore(ckpt.pop("store"), checked=True)  # by load()
+    store.restore(ckpt.pop("store"), checked=True, tidy=False)  # checked by load(); only reads
     strategy.load_state_dict(ckpt["strategy"])
     compressor.load_state_dict(ckpt["compressor"])
     ckpt["strategy"], ckpt["compressor"] = strategy.state_dict(), compressor.state_dict()
