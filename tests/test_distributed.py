@@ -193,6 +193,15 @@ def test_two_process_run_resumes_exactly_on_one(refs, two, tmp_path):
     assert_same_run(refs["dgc-4"], run_dir)
 
 
+def test_two_process_run_resumes_exactly_on_two(refs, two, tmp_path):
+    """N=2 -> N=2: each process takes its clients' share of the joined index back."""
+    run_dir = tmp_path / "r"
+    shutil.copytree(two("single-dgc-downlink"), run_dir)
+    p = launch(2, tmp_path, "resume", str(run_dir), "schedule.rounds=4")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert_same_run(refs["dgc-4"], run_dir)
+
+
 def test_one_process_run_resumes_exactly_on_two(refs, tmp_path):
     """N=1 -> N=2 through `afd resume` under torchrun: each process keeps its clients."""
     run_dir = tmp_path / "r"
