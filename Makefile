@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DATASETS ?= mnist digits
 
-.PHONY: setup data test test-fast lint format docs run benchmark benchmark-scale gpu-check clean
+.PHONY: setup data test test-fast lint format docs run benchmark benchmark-scale benchmark-torchrun gpu-check clean
 
 setup: $(STAMP) data
 	@echo "afd is installed in $(BIN)/; to type plain 'afd' in this shell:  . $(BIN)/activate"
@@ -69,6 +69,14 @@ benchmark: $(STAMP)
 CLIENTS ?= 1000,10000,100000
 benchmark-scale: $(STAMP)
 	$(BIN)/python -m afd_cli.bench --only g --clients $(CLIENTS)
+
+# (h) alone: what torchrun costs, 2 processes against 1 (CPU seconds, seconds per round, the
+# checkpoints' seconds), single + dgc on MNIST; ~5 min with the mlp on 2 cores, ~15 with
+# MODEL=cnn_mnist.
+MODEL ?= mlp
+benchmark-torchrun: $(STAMP)
+	$(BIN)/afd data fetch mnist >/dev/null
+	$(BIN)/python -m afd_cli.bench --only h --model $(MODEL) --repeats 2
 
 # On a machine with a CUDA GPU: every CUDA test, in every file (marker `cuda`; they skip
 # elsewhere), and the GPU benchmark (d).

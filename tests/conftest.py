@@ -34,8 +34,10 @@ DISTRIBUTED = {
     "test_distributed.py::test_two_processes_give_the_one_process_run",
     "test_distributed.py::test_two_process_run_resumes_exactly_on_one",
     "test_distributed.py::test_one_process_run_resumes_exactly_on_two",
+    "test_distributed.py::test_two_process_run_resumes_exactly_on_two",
     "test_distributed.py::test_a_killed_process_ends_the_run_with_a_message_and_a_resumable_checkpoint",  # noqa: E501
     "test_distributed.py::test_nccl_processes_one_gpu_each_match_one_process",
+    "test_distributed.py::test_two_nodes_rehearsed_on_this_machine_give_the_one_process_run",
 }
 # > ~10 s each on 2 shared cores: pytest --durations=0 of the whole suite (seconds measured in
 # the comments; another job shared the cores). A module fixture that costs > 10 s makes its
@@ -68,7 +70,9 @@ SLOW = {
     "test_distributed.py::test_two_processes_give_the_one_process_run",
     "test_distributed.py::test_two_process_run_resumes_exactly_on_one",
     "test_distributed.py::test_one_process_run_resumes_exactly_on_two",
+    "test_distributed.py::test_two_process_run_resumes_exactly_on_two",
     "test_distributed.py::test_a_killed_process_ends_the_run_with_a_message_and_a_resumable_checkpoint",  # noqa: E501
+    "test_distributed.py::test_two_nodes_rehearsed_on_this_machine_give_the_one_process_run",  # noqa: E501 (21 s)
 }
 DATA = {
     "test_data_sources.py::test_mnist_from_cache",

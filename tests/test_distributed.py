@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -32,6 +33,7 @@ from afd_cli.metrics import COLUMNS, TIMING_COLUMNS, intact_rows
 from afd_cli.run import build as building
 from afd_cli.run import checkpoint as ckpts
 from afd_cli.run import loop, rundir
+from afd_cli.stateindex import SlotTable, join
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()),
@@ -39,6 +41,8 @@ pytestmark = pytest.mark.skipif(
 )
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible")
 
+ROOT = Path(__file__).resolve().parents[1]
+MULTINODE = ROOT / "examples" / "multinode.sh"  # docs/distributed.md includes it
 BASE = [o for o in SMALL if not o.startswith("progress=")] + ["progress=none", "device=cpu"]
 KEEP = [c for c in COLUMNS if c not in TIMING_COLUMNS]
 # single (replicated score map) with DGC and downlink (client state on the owning process)
@@ -48,6 +52,9 @@ CONFIGS = {
     # lr 2: a client's training turns non-finite in round 3 and is skipped in every process
     "fedavg-skip": ["strategy=fedavg", "schedule.lr=2", "on_nonfinite=skip_client"],
     "single-dgc-downlink": DGC,
+    # per-client score maps (every process holds all, the client's process writes them) and
+    # DGC, both spilled to state/ by every process under a tiny memory budget
+    "multi-dgc-spill": ["strategy=multi", "compression=dgc", "state.memory_mb=0"],
 }
 
 
@@ -99,13 +106,22 @@ def assert_same(a, b, where: str = "checkpoint") -> None:
 
 
 def checkpoint(run_dir: Path) -> dict:
-    """The checkpoint with every client's state inline: a one-process run's checkpoint names
-    files in ``state/`` (incremental), a torchrun run's holds the gathered values."""
+    """The checkpoint with every client's state inline (its index names files in ``state/``,
+    written by one process or by each process of a torchrun run)."""
     ckpt = ckpts.load(run_dir / "checkpoint.pt")
     if "store" in ckpt:
         cfg = validate(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
         ckpts.inline_store(ckpt, cfg, building.build(cfg), run_dir / rundir.STATE_DIR)
     return ckpt
+
+
+def state_files(run_dir: Path) -> list[str]:
+    """The client-state files the checkpoint names, as namespace/client (not generation)."""
+    index = ckpts.load(run_dir / "checkpoint.pt").get("store", {"slots": {}})
+    on_disk = {p.relative_to(run_dir / "state") for p in (run_dir / "state").rglob("*.bin")}
+    named = {Path(n) / f"c{c}_g{g}.bin" for n, t in index["slots"].items() for c, g in t.items()}
+    assert on_disk == named, on_disk ^ named  # nothing else left behind
+    return [f"{n}/{c}" for n, t in index["slots"].items() for c in t]
 
 
 def assert_same_run(a: Path, b: Path) -> None:
@@ -146,6 +162,7 @@ def two(tmp_path_factory) -> dict[str, Path]:
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_two_processes_give_the_one_process_run(refs, two, name):
     run_dir = two(name)
+    files = state_files(run_dir)  # first: reading a checkpoint back deletes unnamed files
     assert_same_run(refs[name], run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
     ref = json.loads((refs[name] / "summary.json").read_text())
@@ -153,7 +170,7 @@ def test_two_processes_give_the_one_process_run(refs, two, name):
     assert summary["compressor_state_bytes"] == ref["compressor_state_bytes"]
     if name == "fedavg-skip":
         assert metrics(run_dir)["skipped"].sum() > 0  # the case it is there for happened
-    # rank 0 alone wrote the directory, and only once
+    # rank 0 alone wrote the directory, and only once; every process its clients' state
     assert sorted(f.name for f in run_dir.iterdir()) == [
         ".hydra",
         ".lock",  # the one-writer lock (held by rank 0 only), kept between runs
@@ -161,9 +178,11 @@ def test_two_processes_give_the_one_process_run(refs, two, name):
         "clients.csv",
         "metrics.csv",
         "partition.csv",
+        *(["state"] if (refs[name] / "state").exists() else []),
         "status.json",
         "summary.json",
     ]
+    assert sorted(files) == sorted(state_files(refs[name]))
 
 
 def test_two_process_run_resumes_exactly_on_one(refs, two, tmp_path):
@@ -171,6 +190,15 @@ def test_two_process_run_resumes_exactly_on_one(refs, two, tmp_path):
     run_dir = tmp_path / "r"
     shutil.copytree(two("single-dgc-downlink"), run_dir)
     one_process(run_dir, DGC, 4, resume=True)
+    assert_same_run(refs["dgc-4"], run_dir)
+
+
+def test_two_process_run_resumes_exactly_on_two(refs, two, tmp_path):
+    """N=2 -> N=2: each process takes its clients' share of the joined index back."""
+    run_dir = tmp_path / "r"
+    shutil.copytree(two("single-dgc-downlink"), run_dir)
+    p = launch(2, tmp_path, "resume", str(run_dir), "schedule.rounds=4")
+    assert p.returncode == 0, p.stderr[-3000:]
     assert_same_run(refs["dgc-4"], run_dir)
 
 
@@ -182,6 +210,57 @@ def test_one_process_run_resumes_exactly_on_two(refs, tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     assert_same_run(refs["dgc-4"], run_dir)
     assert json.loads((run_dir / "resume.log").read_text())["changed"]["schedule.rounds"] == [3, 4]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_rehearsed_on_this_machine_give_the_one_process_run(refs, tmp_path):
+    """docs/distributed.md's multi-node recipe (examples/multinode.sh, included there as it
+    is): two torchrun agents, one process each, meeting at a c10d rendezvous on localhost."""
+    run_dir = tmp_path / "r"
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "ENDPOINT": f"localhost:{free_port()}",
+        "RUN_ID": f"afd-test-{os.getpid()}",
+        "NODES": "2",
+        "PROCS": "1",
+        "RUN_DIR": str(run_dir),
+    }
+    args = [*BASE, *CONFIGS["single-dgc-downlink"], "schedule.rounds=3"]
+    nodes = [
+        subprocess.Popen(
+            ["bash", str(MULTINODE), *args],
+            cwd=tmp_path,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
+    try:
+        outs = [p.communicate(timeout=300) for p in nodes]
+    finally:
+        for p in nodes:
+            if p.poll() is None:
+                p.kill()
+    for p, (_, err) in zip(nodes, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    assert_same_run(refs["single-dgc-downlink"], run_dir)
+    assert json.loads((run_dir / "summary.json").read_text())["processes"] == 2
+
+
+def test_the_docs_multinode_recipe_is_the_script_the_test_runs():
+    page = (ROOT / "docs" / "distributed.md").read_text()
+    assert '--8<-- "examples/multinode.sh"' in page
+    script = MULTINODE.read_text()
+    assert "--rdzv-backend=c10d" in script and "--nnodes=" in script
 
 
 def _child_with_rank(parent: int, rank: int) -> int | None:
@@ -260,19 +339,34 @@ def test_clients_belong_to_client_mod_processes():
     assert [distributed.owner(c, 3) for c in range(7)] == [0, 1, 2, 0, 1, 2, 0]
 
 
-def test_checkpoint_state_merges_per_client_sections_and_splits_them_back():
+def test_an_inline_checkpoint_state_splits_into_each_process_share():
+    """A torchrun checkpoint from before the per-process state files held every client's
+    compressor state inline; each process loads its own clients' share of it."""
     t = torch.ones(2)
-    ranks = [
-        {"round": 3, "names": ["w"], "up": {0: {"v": t}, 2: {"v": t}}, "down": {}},
-        {"round": 3, "names": ["w"], "up": {1: {"v": t}}, "down": {3: {"w": t}}},
-    ]
-    merged = team.merge_states(ranks)
-    assert list(merged["up"]) == [0, 1, 2] and list(merged["down"]) == [3]
-    assert merged["round"] == 3 and merged["names"] == ["w"]
+    merged = {"round": 3, "names": ["w"], "up": {0: {"v": t}, 1: {"v": t}, 2: {"v": t}}}
     assert team.own_share(merged, 1, 2)["up"].keys() == {1}
     assert team.own_share(merged, 0, 3)["up"].keys() == {0}
-    with pytest.raises(RuntimeError, match="client 0 is in two processes"):
-        team.merge_states([ranks[0], ranks[0]])
+    assert team.own_share(merged, 0, 2)["round"] == 3
+
+
+def test_process_indexes_join_into_one_and_refuse_a_client_named_twice():
+    spaces = {"up": {"numel": 2, "dtype": "fp32", "layout": None, "sharded": True}}
+
+    def index(gens: dict[int, int], next_gen: int) -> dict:
+        return {
+            "version": 2,
+            "next_gen": next_gen,
+            "spaces": spaces,
+            "slots": {"up": SlotTable(gens)},
+            "checksum": "crc32",
+            "sums": {"up": SlotTable({c: 7 for c in gens})},
+        }
+
+    joined = join([index({0: 1, 2: 3}, 5), index({1: 2}, 8)])
+    assert joined["slots"]["up"] == {0: 1, 1: 2, 2: 3} and joined["next_gen"] == 8
+    assert joined["sums"]["up"] == {0: 7, 1: 7, 2: 7} and joined["spaces"] == spaces
+    with pytest.raises(RuntimeError, match="named by two processes"):
+        join([index({0: 1}, 5), index({0: 2}, 8)])
 
 
 @pytest.mark.parametrize("value", ["0", "-3", "soon", "nan"])
@@ -301,3 +395,32 @@ def test_exit_process_runs_atexit_handlers_and_keeps_the_code(tmp_path):
     assert p.returncode == 3, p.stderr
     assert p.stdout == "said\n"  # flushed before os._exit
     assert mark.read_text() == "yes"
+
+
+def test_each_tensor_is_aggregated_by_one_process_the_largest_spread_first():
+    w = {"a": torch.zeros(100), "b": torch.zeros(60), "c": torch.zeros(50), "d": torch.zeros(5)}
+    assert team.split_tensors(w, 1) == [["a", "b", "c", "d"]]
+    assert team.split_tensors(w, 2) == [["a", "d"], ["b", "c"]]
+    assert team.split_tensors(w, 5)[4] == []  # more processes than tensors: some sum none
+
+
+@pytest.mark.parametrize("name", ["none", "dgc", "hadamard"])
+def test_a_part_of_an_upload_decodes_as_the_whole_does(name):
+    """What a process decodes of an upload (its tensors) is bit for bit the whole decode's."""
+    from afd_cli.compression import RoundContext, make
+    from afd_cli.models import build as build_model
+    from afd_cli.submodel import View
+
+    model = build_model("mlp", (1, 8, 8), 10, hidden=16)
+    shapes = {k: tuple(p.shape) for k, p in model.named_parameters()}
+    comp = make(name, shapes, 0, "cpu")
+    gen = torch.Generator().manual_seed(1)
+    update = {k: torch.randn(s, generator=gen) for k, s in shapes.items()}
+    view = View(model)
+    comp.begin_round(0)
+    payload = comp.encode_up_many([0], [update], [view], RoundContext(0, 1))[0]
+    whole = comp.decode_up(0, payload, view)
+    names = set(team.split_tensors(update, 2)[1])
+    part = comp.decode_up_part(0, payload, view, names)
+    assert set(part) == names and 0 < len(names) < len(whole)
+    assert_same(part, {k: whole[k] for k in part}, "decoded")

@@ -25,16 +25,11 @@ change, so commit copies them and pickles them as arrays.
 
 A file named by the index on disk is never deleted or changed before a newer index replaces
 it, so a kill -9 at any moment leaves a checkpoint whose files are all there and whole;
-:meth:`StateStore.restore` trusts only the files its index names and deletes the rest
-(half-written spills, generations written after the last checkpoint).
-
-Sizes do not catch a disk or a copy that changes bytes in place, so every file's CRC-32 is
-kept beside its generation (in memory, and in the index) and checked whenever the file is read
-back, and by :func:`check_index` before a resume (:class:`StateChecksumError`). CRC-32, not a
-cryptographic hash: the damage is not adversarial, and zlib's runs at ~3.7 GB/s here, 3.5x
-sha256 (``docs/concepts/client-state.md``). ``fsync``: the files an index names, and their
-directories, reach the disk before :meth:`StateStore.commit` returns it (a power cut, not
-only a kill, then leaves every named file whole).
+:meth:`StateStore.restore` trusts only the files its index names and deletes the rest. Every
+file's CRC-32 is kept beside its generation (in memory and in the index) and checked when the
+file is read back and before a resume (:mod:`afd_cli.statefiles`); with ``fsync`` the files
+an index names reach the disk before :meth:`StateStore.commit` returns it. Under torchrun
+every process keeps a store in the same ``state/`` (:mod:`afd_cli.stateindex`).
 
 ``dtype`` (fp32, fp16, bf16) is the precision compressor buffers are *kept* in; the
 compressors still compute in fp32 on gathered copies. Score maps keep their own float64.
@@ -65,9 +60,9 @@ from .statefiles import (
     check_index,
     checksum,
     file_checksum,
-    fsync_path,
-    recorded_crc,
+    fsync_files,
 )
+from .stateindex import ALONE, Shard, SlotTable, _slot_table, share  # noqa: F401 (old pickles)
 
 INDEX_VERSION = 2  # 2: "sums", the CRC-32 of every file (1 had sizes only)
 
@@ -86,31 +81,11 @@ class Space:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     fill: float = 0.0
     layout: Any = None
+    sharded: bool = False  # under torchrun only the client's owner holds it (else every process)
 
     @property
     def nbytes(self) -> int:
         return self.numel * self.dtype.itemsize
-
-
-class SlotTable(dict):
-    """``{client: int}`` of one namespace in an index (each slot's file generation, or its
-    CRC-32). A dict, pickled as two int64 arrays: a checkpoint names every client that holds
-    state (10^5 of them in a cross-device run), and pickling that many dict entries through
-    ``torch.save`` (which calls back into Python for every object) cost 0.3-0.4 s a checkpoint
-    at 10^5 clients; two arrays cost 0.06 s."""
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        keys = np.fromiter(self.keys(), dtype=np.int64, count=len(self))
-        values = np.fromiter(
-            (-1 if v is None else v for v in self.values()), dtype=np.int64, count=len(self)
-        )
-        return (_slot_table, (keys, values))
-
-
-def _slot_table(keys: np.ndarray, values: np.ndarray) -> SlotTable:
-    return SlotTable(
-        zip(keys.tolist(), (None if v < 0 else v for v in values.tolist()), strict=True)
-    )
 
 
 @dataclass
@@ -134,6 +109,8 @@ class StateStore:
     :meth:`references`, where they name their namespace instead (a run checkpoint saves the
     values through :meth:`commit`).
     ``fsync``: :meth:`commit` flushes the files its index names to the disk first.
+    ``shard``: this process's place in a torchrun run (:mod:`afd_cli.stateindex`: which
+    slots its index names, which file generations it draws, whether it tidies ``directory``).
     """
 
     def __init__(
@@ -142,6 +119,7 @@ class StateStore:
         directory: Path | str | None = None,
         dtype: str = "fp32",
         fsync: bool = False,
+        shard: Shard = ALONE,
     ) -> None:
         if dtype not in DTYPES:
             raise ValueError(f"state dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
@@ -150,13 +128,14 @@ class StateStore:
         self.budget = None if memory_mb is None else int(memory_mb * MB)
         self.dtype = DTYPES[dtype]
         self.fsync = fsync
+        self.shard = shard
         self.inline = True  # owners' state_dict() hold values (False inside references())
         self._dir = Path(directory) if directory is not None else None
         self._spaces: dict[str, Space] = {}
         self._slots: dict[str, dict[int, _Slot]] = {}
         self._lru: OrderedDict[tuple[str, int], _Slot] = OrderedDict()  # in memory, oldest first
         self._resident = 0
-        self._next_gen = 1
+        self._next_gen = shard.first_gen(1)
         self._orphans: list[tuple[str, int, int | None]] = []  # cleared slots' committed files
         # what a checkpoint must look at, kept as it changes, so that a checkpoint costs the
         # clients touched since the last one, not every client that ever held state:
@@ -177,8 +156,11 @@ class StateStore:
         device: torch.device | str = "cpu",
         fill: float = 0.0,
         layout: Any = None,
+        sharded: bool = False,
     ) -> Space:
-        """Register (or, after :meth:`restore`, re-attach to) namespace ``name``."""
+        """Register (or, after :meth:`restore`, re-attach to) namespace ``name``. ``sharded``:
+        each client's slot is used only by the process that trains it (a compressor's state);
+        otherwise every process of a torchrun run holds every client's (a strategy's)."""
         dtype = dtype or self.dtype
         old = self._spaces.get(name)
         if old is not None and (old.numel, old.dtype, old.layout) != (numel, dtype, layout):
@@ -186,7 +168,7 @@ class StateStore:
                 f"state namespace {name!r} holds {old.numel} x {DTYPE_NAMES[old.dtype]} per "
                 f"client, not {numel} x {DTYPE_NAMES[dtype]} (a different model or state.dtype)"
             )
-        sp = Space(name, int(numel), dtype, torch.device(device), fill, layout)
+        sp = Space(name, int(numel), dtype, torch.device(device), fill, layout, sharded)
         self._spaces[name] = sp
         self._slots.setdefault(name, {})
         self._gens.setdefault(name, SlotTable())
@@ -266,7 +248,8 @@ class StateStore:
                 self._resident -= self._spaces[ns].nbytes
             if slot.gen is not None and slot.gen != slot.committed:
                 self._unlink(ns, client, slot.gen)
-            self._orphans.append((ns, client, slot.committed))
+            if self.shard.names(client):  # another process's file otherwise
+                self._orphans.append((ns, client, slot.committed))
         self._slots[ns] = {}
         self._gens[ns], self._sums[ns] = SlotTable(), SlotTable()
 
@@ -324,7 +307,7 @@ class StateStore:
         """Write the slot to a new generation file; drop its previous file unless the last
         committed index names it."""
         assert slot.flat is not None
-        gen, self._next_gen = self._next_gen, self._next_gen + 1
+        gen, self._next_gen = self._next_gen, self._next_gen + self.shard.size
         path = self._path(ns, client, gen)
         path.parent.mkdir(parents=True, exist_ok=True)
         raw = slot.flat.detach().cpu().contiguous().view(torch.uint8).numpy()
@@ -333,7 +316,8 @@ class StateStore:
         self.bytes_written += raw.nbytes
         old, slot.gen, slot.dirty = slot.gen, gen, False
         slot.crc, slot.synced = checksum(raw), False
-        self._gens[ns][client], self._sums[ns][client] = gen, slot.crc
+        if self.shard.names(client):
+            self._gens[ns][client], self._sums[ns][client] = gen, slot.crc
         self._written.add((ns, client))
         if old is not None and old != slot.committed:
             self._unlink(ns, client, old)
@@ -369,11 +353,18 @@ class StateStore:
         file of every slot and its CRC-32 (to be saved atomically by the caller, then
         :meth:`committed`). With ``fsync``, those files are on the disk first.
 
-        Costs the slots touched since the last commit, plus a copy of the two tables.
+        Costs the slots touched since the last commit, plus a copy of the two tables. Under
+        torchrun the index names this process's clients only (:meth:`Shard.names`), the
+        others' stay in memory, unwritten.
         """
         for ns, client in sorted(self._touched):
             slot = self._slots.get(ns, {}).get(client)
-            if slot is not None and slot.flat is not None and (slot.dirty or slot.gen is None):
+            if (
+                slot is not None
+                and slot.flat is not None
+                and (slot.dirty or slot.gen is None)
+                and self.shard.names(client)
+            ):
                 self._write(ns, client, slot)
         self._touched.clear()
         if self.fsync:
@@ -382,7 +373,12 @@ class StateStore:
             "version": INDEX_VERSION,
             "next_gen": self._next_gen,
             "spaces": {
-                n: {"numel": sp.numel, "dtype": DTYPE_NAMES[sp.dtype], "layout": sp.layout}
+                n: {
+                    "numel": sp.numel,
+                    "dtype": DTYPE_NAMES[sp.dtype],
+                    "layout": sp.layout,
+                    "sharded": sp.sharded,
+                }
                 for n, sp in self._spaces.items()
             },
             "slots": {n: SlotTable(self._gens.get(n, {})) for n in self._slots},
@@ -393,17 +389,13 @@ class StateStore:
     def _sync(self) -> None:
         """fsync every slot file not yet on the disk (spills since the last commit, and the
         commit's own writes), then the directories that name them."""
-        dirs = set()
+        files = []
         for ns, client in sorted(self._written):  # only a written file can be unsynced
             slot = self._slots.get(ns, {}).get(client)
             if slot is not None and not slot.synced and slot.gen is not None:
-                fsync_path(self._path(ns, client, slot.gen))
+                files.append(self._path(ns, client, slot.gen))
                 slot.synced = True
-                dirs.add(ns)
-        for ns in sorted(dirs):
-            fsync_path(self.directory / ns)
-        if dirs:
-            fsync_path(self.directory)
+        fsync_files(files)
 
     def committed(self) -> None:
         """The index from the last :meth:`commit` is saved: delete the files it replaced."""
@@ -413,12 +405,20 @@ class StateStore:
         self._orphans = []
         for ns, client in self._written:  # no other slot's file changed
             slot = self._slots.get(ns, {}).get(client)
-            if slot is None:
+            if slot is None or not self.shard.names(client):  # not in this index: a spill
                 continue
             if slot.committed is not None and slot.committed != slot.gen:
                 self._unlink(ns, client, slot.committed)
             slot.committed = slot.gen
         self._written.clear()
+
+    def close(self) -> None:
+        """The run is over: delete the spills of slots no index of this process names."""
+        for ns, slots in self._slots.items():
+            for client, slot in slots.items():
+                spilled = slot.gen is not None and slot.gen != slot.committed
+                if spilled and not self.shard.names(client):
+                    self._unlink(ns, client, slot.gen)  # type: ignore[arg-type]
 
     def reset(self) -> None:
         """Start empty: forget every slot and delete every file (a run starting over)."""
@@ -430,16 +430,17 @@ class StateStore:
         self._lru.clear()
         self._resident = 0
         self._orphans = []
-        self._next_gen = 1
-        if self._dir is not None and self._dir.exists():
+        self._next_gen = self.shard.first_gen(1)
+        if self._dir is not None and self._dir.exists() and self.shard.tidies:
             shutil.rmtree(self._dir)
 
-    def restore(self, index: dict[str, Any], checked: bool = False) -> None:
+    def restore(self, index: dict[str, Any], checked: bool = False, tidy: bool = True) -> None:
         """Continue from a checkpoint's index: its slots (on disk, read when asked for) and
-        nothing else -- files it does not name are deleted. ``checked``: :func:`check_index`
-        has just passed (``checkpoint.load`` runs it), do not read every file again. An index
-        without checksums (version 1, sizes only) gets them here, from the files as they are,
-        so later damage is caught."""
+        nothing else: with ``tidy``, files it does not name are deleted (by rank 0 alone under
+        torchrun, where a process keeps only its clients' slots of the sharded namespaces).
+        ``checked``: :func:`check_index` has just passed (``checkpoint.load`` runs it), do
+        not read every file again. An index without checksums (version 1, sizes only) gets
+        them here, from the files as they are, so later damage is caught."""
         if not checked:
             check_index(index, self.directory)
         self._lru.clear()
@@ -459,34 +460,33 @@ class StateStore:
                 old.device if old is not None else torch.device("cpu"),
                 old.fill if old is not None else 0.0,
                 meta["layout"],
+                old.sharded if old is not None else bool(meta.get("sharded", False)),
             )
-        sums = index.get("sums", {})  # none in an index of version 1: sizes only
+        sharded = {n for n, sp in self._spaces.items() if sp.sharded}
+        kept, named = share(index, self.shard, sharded)
         self._slots = {
-            n: {
-                int(c): _Slot(None, int(g), False, int(g), recorded_crc(sums.get(n, {}), c))
-                for c, g in slots.items()
-            }
-            for n, slots in index["slots"].items()
+            n: {c: _Slot(None, g, False, g, crc) for c, (g, crc) in table.items()}
+            for n, table in kept.items()
         }
-        self._next_gen = int(index["next_gen"])
-        named = set()
         for n, slots in self._slots.items():
             for c, slot in slots.items():
-                path = self._path(n, c, slot.gen)  # type: ignore[arg-type]
-                named.add(path)
                 if slot.crc is None:
-                    slot.crc = file_checksum(path)
+                    slot.crc = file_checksum(self._path(n, c, slot.gen))  # type: ignore[arg-type]
+        self._next_gen = self.shard.first_gen(int(index["next_gen"]))
         self._gens = {
-            n: SlotTable((c, s.gen) for c, s in sl.items()) for n, sl in self._slots.items()
+            n: SlotTable((c, s.gen) for c, s in sl.items() if self.shard.names(c))
+            for n, sl in self._slots.items()
         }
         self._sums = {
-            n: SlotTable((c, s.crc) for c, s in sl.items()) for n, sl in self._slots.items()
+            n: SlotTable((c, s.crc) for c, s in sl.items() if self.shard.names(c))
+            for n, sl in self._slots.items()
         }
         for n in self._spaces:
             self._slots.setdefault(n, {})
             self._gens.setdefault(n, SlotTable())
             self._sums.setdefault(n, SlotTable())
-        if self._dir is not None and self._dir.exists():
+        if self._dir is not None and self._dir.exists() and self.shard.tidies and tidy:
+            keep = {self._path(n, c, g) for n, c, g in named}
             for p in self._dir.rglob("*.bin"):
-                if p not in named:
+                if p not in keep:
                     p.unlink()

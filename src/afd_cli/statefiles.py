@@ -67,6 +67,14 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def fsync_files(files: list[Path]) -> None:
+    """fsync ``files``, then the directories that name them and their parent (the state
+    directory): a power cut, not only a kill, then leaves every one of them whole."""
+    dirs = sorted({f.parent for f in files})
+    for path in [*files, *dirs, *sorted({d.parent for d in dirs})]:
+        fsync_path(path)
+
+
 def recorded_crc(sums: dict[Any, Any], client: Any) -> int | None:
     crc = sums.get(client)
     return None if crc is None else int(crc)

@@ -22,11 +22,14 @@
     100 per round, DGC: seconds per round and peak RSS of a real run, each size in its own
     process (``make benchmark-scale``).
 
+(h) torchrun (:mod:`.torchrun`, not in the default list): CPU seconds, seconds per round and
+    checkpoint seconds of 2 processes against 1, DGC on MNIST (``--only h --model mlp``).
+
 Setup of (a), (b): MNIST iid, 100 clients, 10 per round, E=1, B=10, lr 0.05. Times are
 medians over ``--repeats`` rounds after one warm-up round. Results are printed and written to
 ``outputs/benchmarks/<time>.json``.
 
-    python -m afd_cli.bench [--repeats 3] [--out outputs/benchmarks] [--only a,b,c,d,e,f,g]
+    python -m afd_cli.bench [--repeats 3] [--out outputs/benchmarks] [--only a,b,c,d,e,f,g,h]
 """
 
 from __future__ import annotations

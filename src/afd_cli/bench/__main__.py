@@ -20,6 +20,7 @@ from .codec import _print_codec, codec_sizes
 from .loop import _print_afd_vs_bare, afd_vs_researcher
 from .rounds import _print_rounds, child, rounds_in_subprocesses
 from .scale import SCALE_CLIENTS, _print_scale, cpu_model, scale_child, scale_in_subprocesses
+from .torchrun import MODELS, _print_torchrun, torchrun_cost
 from .trainers import _print_trainers, trainer_throughput
 
 
@@ -29,12 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--repeats", type=int, default=3, help="timed rounds per measurement")
     ap.add_argument("--out", type=Path, default=Path("outputs/benchmarks"))
-    ap.add_argument("--only", default="a,b,c,d,e,f,g", help="sections to run, e.g. a,c")
+    ap.add_argument("--only", default="a,b,c,d,e,f,g", help="sections, e.g. a,c (h: torchrun)")
     ap.add_argument(
         "--clients",
         default=",".join(map(str, SCALE_CLIENTS)),
         help="(g): federation sizes, e.g. 1000,100000,1000000",
     )
+    ap.add_argument("--model", default="mlp", choices=sorted(MODELS), help="(h): the model")
     ap.add_argument("--child", nargs=4, metavar=("STRATEGY", "COMPRESSION", "DEVICE", "ROUNDS"))
     ap.add_argument("--scale-child", nargs=2, type=int, metavar=("CLIENTS", "ROUNDS"))
     args = ap.parse_args(argv)
@@ -103,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         sizes = tuple(int(n) for n in args.clients.split(","))
         results["scale"] = scale_in_subprocesses(sizes, max(args.repeats, 5))
         _print_scale(results["scale"])
+    if "h" in only:
+        results["torchrun"] = torchrun_cost(args.repeats, args.model)
+        _print_torchrun(results["torchrun"])
     results["wall_s"] = time.perf_counter() - t_start
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}.json"

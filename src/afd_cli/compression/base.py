@@ -33,7 +33,7 @@ and is built once per run as ``cls(options, setup)``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -115,6 +115,13 @@ class Compressor:
     def decode_up(self, client: int, payload: bytes, view: View) -> Params:
         """Server side: payload -> the sub-model-shape update to aggregate."""
         raise NotImplementedError
+
+    def decode_up_part(
+        self, client: int, payload: bytes, view: View, names: Collection[str]
+    ) -> Params:
+        """:meth:`decode_up` cut to the tensors ``names`` (the ones this process aggregates
+        under torchrun); override to skip making the others."""
+        return {k: v for k, v in self.decode_up(client, payload, view).items() if k in names}
 
     # -- the round ------------------------------------------------------------------------------
     def begin_round(self, round: int) -> None:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -383,12 +383,16 @@ def encode_params(params: Mapping[str, torch.Tensor], fmt: str = "fp32") -> byte
     return encode(Dense(t, fmt) for t in params.values())
 
 
-def decode_params(payload: bytes, names: Sequence[str]) -> dict[str, torch.Tensor]:
-    """Payload -> ``{name: dense fp32 tensor}``; ``names`` gives the (shared) wire order."""
+def decode_params(
+    payload: bytes, names: Sequence[str], keep: Collection[str] | None = None
+) -> dict[str, torch.Tensor]:
+    """Payload -> ``{name: dense fp32 tensor}``; ``names`` gives the (shared) wire order.
+    ``keep``: only these tensors (made dense: most of the cost; the rest is only parsed)."""
     records = decode(payload)
     if len(records) != len(names):
         raise ValueError(f"payload has {len(records)} tensors, expected {len(names)}")
     return {
         name: rec.values if isinstance(rec, Dense) else rec.to_dense()
         for name, rec in zip(names, records, strict=True)
+        if keep is None or name in keep
     }

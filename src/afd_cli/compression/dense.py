@@ -6,6 +6,7 @@ what a client really trains from, so the accuracy cost of the format shows up in
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 from .. import registry
@@ -48,3 +49,8 @@ class DenseCompressor(Compressor):
     def decode_up(self, client: int, payload: bytes, view: View) -> Params:
         """The (dequantised) update to aggregate."""
         return codec.decode_params(payload, self.order())
+
+    def decode_up_part(
+        self, client: int, payload: bytes, view: View, names: Collection[str]
+    ) -> Params:
+        return codec.decode_params(payload, self.order(), keep=names)

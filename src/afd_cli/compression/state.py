@@ -77,7 +77,9 @@ class ClientStore:
                 layout.append((key, name, shape, offset))
                 offset += math.prod(shape)
         described = [(k, n, list(s)) for k, n, s, _ in layout]
-        self.store.space(self.name, offset, device=self.device, fill=self.fill, layout=described)
+        self.store.space(  # a compressor's per-client state: only where the client trains
+            self.name, offset, device=self.device, fill=self.fill, layout=described, sharded=True
+        )
         self._layout = layout
 
     def _views(self, flat: torch.Tensor) -> dict[str, Params]:

@@ -20,6 +20,7 @@ selections work on ``[rows, n]``).
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -274,6 +275,11 @@ class TopKCompressor(Compressor):
     def decode_up(self, client: int, payload: bytes, view: View) -> Params:
         """Dense sub-model-shape update (zeros where nothing was sent)."""
         return codec.decode_params(payload, self.order())
+
+    def decode_up_part(
+        self, client: int, payload: bytes, view: View, names: Collection[str]
+    ) -> Params:
+        return codec.decode_params(payload, self.order(), keep=names)
 
     def state_nbytes(self) -> int:
         """Upload buffers plus downlink copies of all clients that took part."""

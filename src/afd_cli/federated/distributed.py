@@ -15,11 +15,14 @@ The cut, and why the numbers do not depend on N:
   process encodes the client's download, trains it and encodes its upload, so the client's
   compressor state (DGC ``u``/``v``, downlink copies) lives in one place.
 * The round's uploads are exchanged as they go on the wire, the encoded ``bytes``, with each
-  client's loss, sample count and download size (:meth:`Team.gather`). Every process then
-  decodes all of them and aggregates in client order exactly as one process does. (Adding
-  partial masked sums across processes instead would add floating-point numbers in another
-  order.) Decoding an upload needs no per-client state: true of every compressor here, and
-  required of new ones.
+  client's loss, sample count and download size (:meth:`Team.gather`). Aggregation is cut by
+  tensor, not by client: each process decodes only its tensors of every upload
+  (:meth:`Compressor.decode_up_part`, :func:`~.team.split_tensors`) and sums them in client
+  order exactly as one process does, then the sums are exchanged (:meth:`Team.combine`).
+  Every entry is thus a sum in client order, bit for bit one process's; summing each
+  process's clients and all-reducing the partial sums would add in another order and change
+  the last bits. Decoding an upload needs no per-client state: true of every compressor
+  here, and required of new ones.
 * Strategies observe the same losses in every process, so their state stays replicated. The
   non-finite verdict (``on_nonfinite``) and the upload counts behind ``sparsity`` are combined
   over processes before they are used.
@@ -27,14 +30,14 @@ The cut, and why the numbers do not depend on N:
   gathered and added in batch order, as one process adds them.
 
 Rank 0 alone writes the run directory and prints; the others follow its decisions (the run
-directory, whether and from where to resume) by broadcast. A checkpoint gathers every
-process's client state into rank 0's one file, keyed by client id (:func:`gathered_state`:
-the compressor state's per-client sections are the dicts keyed by int client ids, as
-:class:`ClientStore` writes them); on resume every process keeps its own clients' share, so a
-run may go on with another number of processes. A process that fails or stops answering ends
-the run: collectives time out after ``AFD_DIST_TIMEOUT`` seconds (default 300), a lost peer is
-one line from rank 0, and SIGTERM (torchrun stops every process when one fails) is handled like
-Ctrl-C. The pieces a round uses (the team, the split evaluation) are in :mod:`.team`.
+directory, whether and from where to resume) by broadcast. A checkpoint is written by every
+process, its clients' state files into the run's ``state/``, and rank 0 joins their indexes
+(:mod:`afd_cli.stateindex`); on resume every process takes its own clients' share of the
+index, so a run may go on with another number of processes. A process that fails or stops
+answering ends the run: collectives time out after ``AFD_DIST_TIMEOUT`` seconds (default 300),
+a lost peer is one line from rank 0, and SIGTERM (torchrun stops every process when one
+fails) is handled like Ctrl-C. The pieces a round uses (the team, the split evaluation) are
+in :mod:`.team`.
 """
 
 from __future__ import annotations
@@ -56,16 +59,12 @@ import torch
 import torch.distributed as dist
 
 from ..config import ConfigError
+from ..stateindex import owner  # noqa: F401 (the process that trains a client)
 
 T = TypeVar("T")
 TIMEOUT_ENV = "AFD_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 300.0
 LAUNCH_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
-def owner(client: int, size: int) -> int:
-    """The process that trains ``client`` when ``size`` processes share a run."""
-    return client % size
 
 
 @dataclass(frozen=True)
@@ -281,3 +280,10 @@ def _broadcast(obj: Any, what: str) -> Any:
 def total(value: int, what: str) -> int:
     """The sum of ``value`` over the processes."""
     return value if _world is None else sum(all_gather(value, what))
+
+
+def barrier(what: str) -> None:
+    """Wait for every process (nothing to do alone)."""
+    if _world is not None:
+        with _collective(what):
+            dist.barrier()

@@ -34,8 +34,9 @@ send nothing either.
 
 A *team* says which of the round's clients this process trains and gathers every process's
 :class:`Uploads`; alone (:class:`Solo`, the default) that is all of them and nothing to gather.
-Under torchrun (:mod:`.distributed`) each process encodes, trains and uploads its own clients,
-and every process then decodes and aggregates all uploads in client order, as one process does.
+Under torchrun (:mod:`.distributed`) each process encodes, trains and uploads its own clients;
+every process then decodes its share of the tensors of all uploads and sums them in client
+order, as one process does, and the sums are exchanged (``team.tensors``, ``team.combine``).
 A team of several processes takes the round in one chunk (its exchange settles the round's
 non-finite clients and upload counts at once); each process trains only its own share, and
 decodes and aggregates the gathered uploads ``STACK`` at a time.
@@ -103,6 +104,13 @@ class Solo:
         """Every process's uploads of the round, merged in client order."""
         return ups
 
+    def tensors(self, weights: Params) -> list[str]:
+        """The parameters whose uploads this process decodes and aggregates."""
+        return list(weights)
+
+    def combine(self, mean: MaskedMean) -> None:
+        """Every process's sums of its parameters into ``mean`` (nothing to add alone)."""
+
 
 SOLO = Solo()
 
@@ -158,6 +166,7 @@ def run_round(fed: Federation, round: int, on_client_done: Callable[[], None] | 
     guard.begin_round(round + 1, len(clients))
     comp.begin_round(round)
     mean = MaskedMean(weights)
+    names = set(team.tensors(weights))  # decoded and aggregated here (see the docstring)
     train_s, losses, sizes, rows = 0.0, [], [], []
     kept: list[int] = []  # positions in ``clients`` of the clients aggregated
     step = (fed.chunk if type(team) is Solo else None) or len(clients)  # see the docstring
@@ -225,7 +234,8 @@ def run_round(fed: Federation, round: int, on_client_done: Callable[[], None] | 
         for a in range(0, len(ids), STACK):
             part = range(a, min(a + STACK, len(ids)))
             decoded = {
-                i: _download(comp, guard, ids[i], ups.payloads[i], vs[i], weights) for i in part
+                i: _download(comp, guard, ids[i], ups.payloads[i], vs[i], weights, names)
+                for i in part
             }
             keep = [i for i in part if ids[i] not in dropped]
             kept += [lo + i for i in keep]
@@ -234,6 +244,7 @@ def run_round(fed: Federation, round: int, on_client_done: Callable[[], None] | 
             mean.add_many([vs[i] for i in keep], received, [sizes[lo + i] for i in keep])
             del received
         del ups
+    team.combine(mean)  # every process's parameters: the whole mean everywhere
     fed.server.apply(mean, weights)
     fed.strategy.observe_cost(round, rows, views)
 
@@ -281,10 +292,18 @@ def _upload(
 
 
 def _download(
-    comp: Compressor, guard: FiniteGuard, client: int, payload: bytes, view: View, like: Params
+    comp: Compressor,
+    guard: FiniteGuard,
+    client: int,
+    payload: bytes,
+    view: View,
+    like: Params,
+    names: set[str],
 ) -> Params:
-    """The update the server aggregates: the decoded upload, or zeros (at weight 0) for a
-    client skipped as non-finite, so the masked mean adds nothing for it."""
+    """The update the server aggregates, its tensors ``names``: the decoded upload, or zeros
+    (at weight 0) for a client skipped as non-finite, so the masked mean adds nothing for it."""
     if client in guard.skipped:
-        return view.extract({k: torch.zeros(w.shape) for k, w in like.items()})
-    return comp.decode_up(client, payload, view)
+        return view.extract({k: torch.zeros(w.shape) for k, w in like.items() if k in names})
+    if len(names) == len(like):
+        return comp.decode_up(client, payload, view)
+    return comp.decode_up_part(client, payload, view, names)

@@ -1,7 +1,7 @@
 """The processes of a torchrun run as the round sees them (:mod:`.distributed` says how the
 run is cut and why the numbers do not depend on the number of processes): which clients are
-this process's, every process's uploads gathered in client order, the checkpoint's client
-state merged and split again, and evaluation split by test batches."""
+this process's, every process's uploads gathered in client order, the checkpoint's
+client-state indexes joined, and evaluation split by test batches."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import torch
 import torch.distributed as dist
 
 from ..config import ConfigError
+from ..stateindex import join
+from .aggregate import MaskedMean
 from .client import Evaluator, mean_of
 from .distributed import World, _collective, all_gather, owner, world
 from .guard import FiniteGuard, filler_loss
@@ -30,6 +32,24 @@ class Team(Solo):
     def mine(self, clients: list[int]) -> list[int]:
         self._clients = list(clients)
         return [i for i, c in enumerate(clients) if owner(c, self.world.size) == self.world.rank]
+
+    def tensors(self, weights: dict[str, torch.Tensor]) -> list[str]:
+        """This process's parameters (:func:`split_tensors`): it decodes only their part of
+        every upload and sums them in client order, as one process does tensor by tensor."""
+        return split_tensors(weights, self.world.size)[self.world.rank]
+
+    def combine(self, mean: MaskedMean) -> None:
+        """Every process's sums of its parameters, exchanged bit for bit: the weights of the
+        sums (``den``, ``total``) follow from the views and sample counts, known to all."""
+        mine = split_tensors(mean.num, self.world.size)[self.world.rank]
+        parts = all_gather(
+            {k: mean.num[k].cpu() for k in mine},
+            f"adding up the uploads of round {self.guard.round}",
+            self.device,
+        )
+        for part in parts:
+            for k, v in part.items():
+                mean.num[k] = v.to(mean.num[k].device)
 
     def gather(self, ups: Uploads) -> Uploads:
         """Every process's uploads and non-finite clients; the round's verdict on those
@@ -89,20 +109,35 @@ class Team(Solo):
         )
 
 
-def gathered_state(local: dict[str, Any]) -> dict[str, Any]:
-    """A compressor's checkpoint state with every process's clients (see the module
-    docstring): merged on rank 0; the other processes get their own back, unused."""
+def split_tensors(weights: dict[str, torch.Tensor], size: int) -> list[list[str]]:
+    """The parameters each of ``size`` processes decodes and aggregates: whole tensors, the
+    largest first to the least loaded process (a pure function of the shapes, so every process
+    computes the same split)."""
+    loads, parts = [0] * size, [[] for _ in range(size)]  # type: list[int], list[list[str]]
+    for name in sorted(weights, key=lambda k: (-weights[k].numel(), k)):
+        r = min(range(size), key=lambda i: (loads[i], i))
+        loads[r] += weights[name].numel()
+        parts[r].append(name)
+    return parts
+
+
+def joined_index(index: dict[str, Any], written: int) -> tuple[dict[str, Any] | None, int]:
+    """Every process's client-state index (each naming its own clients' files, written
+    already) joined on rank 0 (:func:`afd_cli.stateindex.join`), with the bytes they wrote;
+    the other processes get None and their own bytes."""
     w = world()
-    if w is None:
-        return local
-    states: list[dict[str, Any]] | None = [{}] * w.size if w.lead else None
-    with _collective("gathering the client state for the checkpoint"):
-        dist.gather_object(local, states, dst=0)
-    return merge_states(states) if states is not None else local
+    assert w is not None
+    parts: list[Any] | None = [None] * w.size if w.lead else None
+    with _collective("gathering the client-state indexes for the checkpoint"):
+        dist.gather_object((index, written), parts, dst=0)
+    if parts is None:
+        return None, written
+    return join([ix for ix, _ in parts]), sum(n for _, n in parts)
 
 
 def my_share(state: dict[str, Any]) -> dict[str, Any]:
-    """A gathered compressor state cut to this process's clients (all of it alone)."""
+    """A compressor state with every client's values inline (a torchrun checkpoint before
+    the per-process state files) cut to this process's clients (all of it alone)."""
     w = world()
     return state if w is None else own_share(state, w.rank, w.size)
 
@@ -111,26 +146,6 @@ def _per_client(sections: list[Any]) -> bool:
     return all(isinstance(s, dict) for s in sections) and all(
         isinstance(k, int) for s in sections for k in s
     )
-
-
-def merge_states(states: list[dict[str, Any]]) -> dict[str, Any]:
-    """One compressor state out of every process's: the per-client sections (dicts keyed by
-    client id) united, everything else (replicated) from rank 0."""
-    merged = dict(states[0])
-    for key in states[0]:
-        sections = [s.get(key, {}) for s in states]
-        if not _per_client(sections):
-            continue
-        united: dict[int, Any] = {}
-        for section in sections:
-            for client, value in section.items():
-                if client in united:
-                    raise RuntimeError(
-                        f"compressor state {key!r}: client {client} is in two processes"
-                    )
-                united[client] = value
-        merged[key] = dict(sorted(united.items()))
-    return merged
 
 
 def own_share(state: dict[str, Any], rank: int, size: int) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from ..federated.guard import SKIP, Diverged, FiniteGuard, all_finite
 from ..federated.round import CHUNK, Federation, RoundResult, run_round
 from ..flops import TrainingCost
 from ..state import StateStore
+from ..stateindex import ALONE, Shard
 from .degenerate import lower_steps
 from .rundir import STATE_DIR
 
@@ -276,8 +277,11 @@ def build(
     torch.manual_seed(cfg.seed)
     model = new_model(cfg, ds, device)
     shapes = {k: tuple(p.shape) for k, p in model.named_parameters()}
-    spill = run_dir / STATE_DIR if run_dir is not None and distributed.world() is None else None
-    store = StateStore(cfg.state.memory_mb, spill, cfg.state.dtype, cfg.state.fsync)
+    # under torchrun every process keeps its own store in the run's state/ (stateindex)
+    w = distributed.world()
+    shard = Shard(w.rank, w.size) if w is not None else ALONE
+    spill = run_dir / STATE_DIR if run_dir is not None else None
+    store = StateStore(cfg.state.memory_mb, spill, cfg.state.dtype, cfg.state.fsync, shard)
     s = cfg.schedule
     example = ds.train.batch(torch.zeros(1, dtype=torch.long))[0]  # one input, for FLOPs
     cost = TrainingCost(model, example, s.local_epochs, s.batch_size)

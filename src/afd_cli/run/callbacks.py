@@ -223,6 +223,9 @@ class Checkpoint(Callback):
         state.checkpoint_s += time.perf_counter() - t_ckpt
         state.checkpoint_bytes += written
 
+    def close(self) -> None:
+        self.sim.store.close()  # other processes' clients' spills (torchrun): in no index
+
 
 class Rows(Callback):
     """Appends the round's rows to ``clients.csv`` then ``metrics.csv`` (rank 0), its

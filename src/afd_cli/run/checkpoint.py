@@ -16,10 +16,12 @@ before the header (a plain torch zip) still loads, unchecked. With ``state.fsync
 file is on the disk before it replaces the previous one, and the replace before the files the
 previous index named are deleted.
 
-Under torchrun every process runs the loop with its share of the clients and only rank 0
-writes: the checkpoint is the full one (every process's per-client state gathered into rank
-0's file, no ``state/`` index; each process spills to a private temporary directory), and a
-one-process checkpoint's ``state/`` is read into that form on resume (:func:`inline_store`).
+Under torchrun every process runs the loop with its share of the clients: each commits its
+clients' state files into the run's ``state/`` (:mod:`afd_cli.stateindex`), rank 0 gathers
+the small indexes, joins them and writes the checkpoint, and only once it has said so does
+any process delete the files the new index replaced. The checkpoint is the same as one
+process's, so any number of processes resumes it. (Checkpoints from before, with every
+client's state inline, still load: each process keeps its share.)
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import torch
 
 from .. import compression, registry, strategies
 from ..config import ConfigError, RootConfig
-from ..federated import team
+from ..federated import distributed, team
 from ..federated.round import SOLO
 from ..state import StateStore
 from ..statefiles import (
@@ -175,33 +177,25 @@ def save(
     state: RunState,
     last: dict[str, Any],
 ) -> int:
-    """Write the checkpoint (see the module docstring); returns the bytes it wrote.
+    """Write the checkpoint (see the module docstring); returns the bytes it wrote (every
+    process's state files, and the file).
 
     ``config``: what the resume check compares (:func:`afd_cli.run.resume.comparable`).
-    ``path`` None (a torchrun process other than rank 0): only hand in this process's state.
+    ``path`` None (a torchrun process other than rank 0): commit this process's clients and
+    hand its index to rank 0.
     """
     fed = sim.fed
-    if fed.team is not SOLO:
-        ckpt = {
-            "config": config,
-            "weights": {k: w.cpu() for k, w in sim.weights.items()},
-            "strategy": fed.strategy.state_dict(),
-            "compressor": team.gathered_state(fed.compressor.state_dict()),
-            "server": fed.server.state_dict(),
-            "state": state.to_dict(),
-            "row": dict(last),
-        }
-        if path is None:
-            return 0
-        return _replace(path, ckpt, sim.store.fsync)
-    assert path is not None
     before = sim.store.bytes_written
-    index = sim.store.commit()  # changed client state, under new file names
+    index: dict[str, Any] | None = sim.store.commit()  # changed state, under new file names
+    written = sim.store.bytes_written - before
+    if fed.team is not SOLO:  # every process's files are written: rank 0 joins the indexes
+        index, written = team.joined_index(index, written)
     with sim.store.references():  # per-client state: only its namespace, the index has it
         strategy_state, compressor_state = fed.strategy.state_dict(), fed.compressor.state_dict()
-    written = _replace(
-        path,
-        {
+
+    def write() -> int:
+        assert path is not None and index is not None
+        ckpt = {
             "config": config,
             "weights": {k: w.cpu() for k, w in sim.weights.items()},
             "strategy": strategy_state,
@@ -210,11 +204,13 @@ def save(
             "state": state.to_dict(),
             "store": index,
             "row": dict(last),
-        },
-        sim.store.fsync,
-    )
+        }
+        return _replace(path, ckpt, sim.store.fsync)
+
+    # every process waits for rank 0's file (or its failure) before deleting replaced files
+    written += distributed.from_lead(write, "writing the checkpoint")
     sim.store.committed()  # only now: the files the new index no longer names
-    return sim.store.bytes_written - before + written
+    return written
 
 
 def _replace(path: Path, ckpt: dict[str, Any], fsync: bool) -> int:
@@ -249,14 +245,14 @@ def restore(sim: Simulation, ckpt: dict[str, Any]) -> None:
 
 
 def inline_store(ckpt: dict[str, Any], cfg: RootConfig, sim: Simulation, directory: Path) -> None:
-    """Replace a one-process checkpoint's state-store references by the per-client values
-    (the form a torchrun run gathers and loads), read through throwaway owners."""
+    """Replace a checkpoint's state-store references by the per-client values (to compare or
+    inspect checkpoints), read through throwaway owners."""
     store = StateStore(None, directory, cfg.state.dtype)  # only reads
     shapes = {k: tuple(w.shape) for k, w in sim.weights.items()}
     setup = registry.Setup(sim.model, shapes, cfg.seed, sim.device, store)
     strategy = strategies.build(cfg.strategy, setup)
     compressor = compression.build(cfg.compression, setup)
-    store.restore(ckpt.pop("store"), checked=True)  # by load()
+    store.restore(ckpt.pop("store"), checked=True, tidy=False)  # checked by load(); only reads
     strategy.load_state_dict(ckpt["strategy"])
     compressor.load_state_dict(ckpt["compressor"])
     ckpt["strategy"], ckpt["compressor"] = strategy.state_dict(), compressor.state_dict()

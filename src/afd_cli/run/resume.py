@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 from .. import registry
 from ..config import ConfigError, RootConfig, validate
 from ..federated import distributed
-from ..federated.round import SOLO
 from ..metrics import intact_client_rows, intact_rows
 from . import checkpoint, rundir
 from .build import resolve_device, resolve_precision
@@ -89,14 +88,12 @@ def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return out
 
 
-def resume_point(cfg: RootConfig, run_dir: Path, sim: Simulation | None = None) -> dict | None:
+def resume_point(cfg: RootConfig, run_dir: Path) -> dict | None:
     """The checkpoint to continue from (``resume`` and one in ``run_dir``), or None to start
     at round 1: refused (ConfigError) if it holds another run.
 
     ``last_row`` (popped by the caller): the checkpoint's own round's rows, when they did not
-    reach metrics.csv / clients.csv (killed between the checkpoint and its rows). ``sim``
-    under torchrun: a one-process checkpoint's ``state/`` is read into the inline form every
-    process can load (see :mod:`.checkpoint`)."""
+    reach metrics.csv / clients.csv (killed between the checkpoint and its rows)."""
     path = run_dir / CHECKPOINT
     ckpt = checkpoint.load(path) if cfg.resume and path.exists() else None
     if ckpt is not None:
@@ -136,22 +133,21 @@ def resume_point(cfg: RootConfig, run_dir: Path, sim: Simulation | None = None) 
                 flush=True,
             )
             ckpt = None
-    if ckpt is not None and "store" in ckpt and sim is not None and sim.fed.team is not SOLO:
-        checkpoint.inline_store(ckpt, cfg, sim, run_dir / STATE_DIR)
     return ckpt
 
 
 def start(sim: Simulation, run_dir: Path) -> tuple[RunState, dict[str, Any] | None]:
     """Where the run starts: a fresh state, or the checkpoint's with its weights and plug-in
     state loaded into ``sim``; and the checkpoint's pending rows (written first), if any."""
-    ckpt = distributed.from_lead(
-        lambda: resume_point(sim.cfg, run_dir, sim), "reading the checkpoint"
-    )
-    if ckpt is not None and "store" in ckpt:  # one process (resume_point inlines otherwise)
-        # per-client state stays on disk until asked for; load() checked every file
+    ckpt = distributed.from_lead(lambda: resume_point(sim.cfg, run_dir), "reading the checkpoint")
+    if ckpt is not None and "store" in ckpt:  # written by any number of processes
+        # per-client state stays on disk until asked for; load() checked every file. Under
+        # torchrun each process takes its clients' share (afd_cli.stateindex)
         sim.store.restore(ckpt["store"], checked=True)
-    elif sim.fed.team is SOLO:
+    else:
         sim.store.reset()  # starting over (or from an inline checkpoint): no stale state files
+    # rank 0 has deleted the files no index names: only now may the others write theirs
+    distributed.barrier("tidying the client state")
     if ckpt is None:
         return RunState(), None
     checkpoint.restore(sim, ckpt)
