@@ -55,6 +55,14 @@ CONFIGS = {
     # per-client score maps (every process holds all, the client's process writes them) and
     # DGC, both spilled to state/ by every process under a tiny memory budget
     "multi-dgc-spill": ["strategy=multi", "compression=dgc", "state.memory_mb=0"],
+    # widths per client, a stochastic codec (its draws must not depend on the process) and
+    # per-client downlink copies, spilled
+    "heterofl-qsgd-downlink": [
+        "strategy=heterofl",
+        "compression=qsgd",
+        "compression.downlink=true",
+        "state.memory_mb=0",
+    ],
 }
 
 
@@ -181,7 +189,10 @@ def test_two_processes_give_the_one_process_run(refs, two, name):
         *(["state"] if (refs[name] / "state").exists() else []),
         "status.json",
         "summary.json",
+        *(["widths.csv"] if name.startswith("heterofl") else []),
     ]
+    if name.startswith("heterofl"):  # each width's accuracy, evaluated by rank 0
+        assert (run_dir / "widths.csv").read_text() == (refs[name] / "widths.csv").read_text()
     assert sorted(files) == sorted(state_files(refs[name]))
 
 
