@@ -76,7 +76,7 @@ def fake_run(
     }
     for key, value in (extra or {}).items():
         group, _, leaf = key.partition(".")
-        config[group][leaf] = value
+        config.setdefault(group, {})[leaf] = value
     if summary:
         (d / "summary.json").write_text(json.dumps({"config": config}))
     else:
@@ -193,6 +193,25 @@ def test_dense_codecs_ignore_compression_options(tmp_path):
         0.99,
         0.999,
     ]
+
+
+def test_runs_recorded_before_a_key_existed_group_with_its_old_value(tmp_path):
+    """A key added later (network.compute, strategy.assign, DGC's dense_rule) is read as the
+    value that reproduces the older runs: old and new runs of one setting share a group, and a
+    new default that changed behaviour keeps its runs apart, labelled with what each ran."""
+    root = tmp_path / "ages"
+    new = {"network.compute": True, "strategy.assign": "fixed", "state.fsync": True}
+    fake_run(root, "f_old", seed=0, accs=[0.5, 0.9], mb_round=10)
+    fake_run(root, "f_new", seed=1, accs=[0.5, 0.9], mb_round=10, extra=new)
+    fake_run(root, "d_old", compression="dgc", accs=[0.4, 0.8], mb_round=1)
+    rule = {"compression.dense_rule": "ndim"}
+    fake_run(root, "d_new", compression="dgc", accs=[0.4, 0.8], mb_round=1, extra=rule)
+    r = rep.build([root])
+    none = r.summary[r.summary.compression == "none"]
+    assert len(none) == 1 and int(none.seeds.iloc[0]) == 2
+    dgc = r.summary[r.summary.compression == "dgc"]
+    assert sorted(dgc["compression.dense_rule"]) == ["ndim", "size"]
+    assert "state.fsync" not in r.keys and "network.compute" not in r.keys
 
 
 def test_writes_csv_markdown_and_plots(sweep, tmp_path):

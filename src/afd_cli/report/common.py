@@ -20,6 +20,21 @@ IGNORED_KEYS = {
     "checkpoint_every",
     "on_degenerate",  # stops a run or not: its rounds are the same
     "schedule.eval_batch_size",
+    "state.fsync",  # when files reach the disk, not what they hold
+}
+# Keys added after runs were recorded, each with the value that reproduces those runs. A run
+# recorded without the key is read as having that value (where its plug-in reads the key), so
+# old and new runs of one setting share a group instead of splitting on null; where a new
+# default changed behaviour (DGC's reference rules, issue 26) the old runs show what they ran.
+BEFORE_KEYS: dict[str, Any] = {
+    "network.compute": True,
+    "schedule.lr_warmup_rounds": 0,
+    "strategy.assign": "fixed",
+    "strategy.eval_widths": "off",
+    "compression.dense_rule": "size",
+    "compression.k_rounding": "nearest",
+    "compression.fp16_residual": True,
+    "compression.dense_momentum": False,
 }
 REQUIRED_COLUMNS = ("round", "test_acc", "cum_bytes_down", "cum_bytes_up")
 BASELINE = {"strategy": "fedavg", "compression": "none"}

@@ -20,7 +20,7 @@ import pandas as pd
 from ..registry import GROUPS, unread
 from ..run.degenerate import degenerate_reason, loss_explosion
 from ..run.rundir import HYDRA, METRICS, STATUS, SUMMARY
-from .common import CORE_KEYS, IGNORED_KEYS, REQUIRED_COLUMNS, ReportError, Run
+from .common import BEFORE_KEYS, CORE_KEYS, IGNORED_KEYS, REQUIRED_COLUMNS, ReportError, Run
 
 
 def find_metrics(paths: Sequence[Path]) -> list[Path]:
@@ -262,6 +262,8 @@ def load_runs(
             cfg_seed = None
         for k in CORE_KEYS:
             cfg.setdefault(k, "?")
+        for k, v in BEFORE_KEYS.items():  # recorded before the key existed
+            cfg.setdefault(k, v)
         # options a run's plug-ins do not read (compression.sparsity of a dense codec) must
         # not split a sweep's groups
         unused = unread_keys(cfg)
