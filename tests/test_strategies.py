@@ -178,7 +178,7 @@ def test_build_rejects_unknown_and_config_validates(model):
         strategies.make("nope", model, 0)
     base = {"dataset": {"name": "digits"}, "model": {"name": "mlp"}}
     ok = validate(OmegaConf.create({**base, "strategy": {"name": "multi", "rate": 0.25}}))
-    assert ok.strategy.score_update == "relative" and ok.strategy.explore == 0.2
+    assert ok.strategy.score_update == "relative" and ok.strategy.explore == 0.0
     for bad in ({"score_init": -1.0}, {"explore": 1.5}, {"score_update": "x"}, {"rate": 1.0}):
         with pytest.raises(ConfigError):
             validate(OmegaConf.create({**base, "strategy": {"name": "single", **bad}}))

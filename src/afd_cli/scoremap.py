@@ -25,11 +25,11 @@ docs/concepts/algorithms.md says what each outside implementation does):
 
 * the very first ``update`` has no previous loss: it only records ``l`` and counts as
   "not improved", so ``A`` is redrawn (with all scores still 0 that redraw is uniform).
-* ``explore`` (``AFDOptions`` default 0.2; 0 is the paper's literal rule, the one preset
-  ``strategy.explore=0``): that share of each layer's budget is always drawn uniformly on a
-  redraw, whatever the scores. Without it the literal rule freezes: once one improvement has
-  given the whole of ``A`` a non-zero score, every redraw draws exactly ``A`` again, because
-  the number of scored units equals the budget.
+* ``explore`` (``AFDOptions`` default 0, the paper's literal rule; it was 0.2 until the
+  measurement in docs/results/afd-rule.md): that share of each layer's budget is always drawn
+  uniformly on a redraw, whatever the scores. Without it the literal rule freezes: once one
+  improvement has given the whole of ``A`` a non-zero score, every redraw draws exactly ``A``
+  again, because the number of scored units equals the budget.
 * ``score_init`` (default 0 = paper): the initial score of every unit. A positive value
   makes every unit a weighted candidate (another way to keep exploring). A credit
   *overwrites* a kept unit's score with ``score_init + gain`` (with 0, the paper's

@@ -51,9 +51,10 @@ class AFDOptions(SizedDropoutOptions):
         ge=0,
     )
     explore: float = option(
-        0.2,
+        0.0,
         "share of each redraw taken uniformly; 0 = the paper's literal rule (Algorithms 1-2 as "
-        "written), which freezes the map after its first improving round",
+        "written), which freezes the map after its first improving round; 0.2 was the default "
+        "before issue 26 measured both",
         ge=0,
         le=1,
     )
