@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -52,6 +53,15 @@ def _forked_main(args: Sequence[str], cwd: str, env: dict[str, str], out: str, e
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     sys.stdout.flush()
     sys.stderr.flush()
+    # afd installed its SIGTERM/SIGHUP handlers (a run ends on them with a traceback-free
+    # line); the pool may still signal this worker on its way out, which must not write into
+    # the captured stderr: default handlers, and the captured files closed
+    for s in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, signal.SIG_DFL)
+    null = os.open(os.devnull, os.O_WRONLY)
+    for fd in (1, 2):
+        os.dup2(null, fd)
+    os.close(null)
     return code
 
 
@@ -76,9 +86,14 @@ def afd_forked(
     forked from a preloaded server: for corpora of many short, failing invocations."""
     ctx = _fork_context()
     out, err = cwd / ".afd-stdout", cwd / ".afd-stderr"
-    with ctx.Pool(1, maxtasksperchild=1) as pool:
+    pool = ctx.Pool(1, maxtasksperchild=1)
+    try:
         task = pool.apply_async(_forked_main, (list(args), str(cwd), env, str(out), str(err)))
         code = task.get(timeout)
+        pool.close()  # let the worker leave by itself: terminate() would SIGTERM it
+        pool.join()
+    finally:
+        pool.terminate()
     result = subprocess.CompletedProcess(
         ["afd", *args], code, out.read_text(errors="replace"), err.read_text(errors="replace")
     )
