@@ -14,7 +14,8 @@ from afd_cli import strategies
 from afd_cli.compression import RoundContext, make
 from afd_cli.compression.state import ClientStore
 from afd_cli.models import build as build_model
-from afd_cli.state import SlotTable, StateFileError, StateStore
+from afd_cli.state import SlotTable, StateStore
+from afd_cli.statefiles import StateFileError
 from afd_cli.submodel import View
 
 SLOT = 1000  # entries per slot in the small tests (4,000 bytes in fp32)

@@ -1,35 +1,23 @@
 """The client-state store: everything a run keeps per client, bounded in memory, checkpointed
-incrementally.
+incrementally (``docs/concepts/client-state.md`` has the why and the measurements).
 
 Per-client state (DGC's ``u``/``v``, the downlink's copies, Multi-Model AFD's score maps) grows
 with the clients that have taken part: 13.3 MB per client for cnn_mnist with DGC, 13 GB at
 1,000 clients. A :class:`StateStore` holds it as one flat tensor per (namespace, client) --
 a *slot* -- and keeps slots in memory up to ``memory_mb``; beyond that the least recently used
-slots are written to files in ``directory`` (the run's ``state/``) and dropped from memory,
-and read back when asked for again. Reading and writing whole files (not ``numpy.memmap``)
-keeps spilled state out of the process's resident memory.
+slots are written to files (:class:`~afd_cli.statefiles.SlotFiles`, in the run's ``state/``)
+and read back when asked for again.
 
-Files are never overwritten: each write of a slot goes to a new *generation*
-(``<namespace>/c<client>_g<gen>.bin``). That gives the checkpoint protocol:
-
-1. :meth:`StateStore.commit` writes the slots changed since they were last written (the
-   clients touched since the last checkpoint, when the budget holds them) under new
-   generation numbers and returns an *index* naming, for every slot, the file that holds it;
-2. the caller saves the index inside its small ``checkpoint.pt`` (tmp file + ``os.replace``);
-3. :meth:`StateStore.committed` then deletes the generations the new index no longer names.
-
-A checkpoint costs the clients touched since the last one, not every client that holds state
-(10^5 in a cross-device run): the store keeps the set of slots made or changed in memory and
-the set written since the last commit, and the index's tables (:class:`SlotTable`) as they
-change, so commit copies them and pickles them as arrays.
-
-A file named by the index on disk is never deleted or changed before a newer index replaces
-it, so a kill -9 at any moment leaves a checkpoint whose files are all there and whole;
-:meth:`StateStore.restore` trusts only the files its index names and deletes the rest. Every
-file's CRC-32 is kept beside its generation (in memory and in the index) and checked when the
-file is read back and before a resume (:mod:`afd_cli.statefiles`); with ``fsync`` the files
-an index names reach the disk before :meth:`StateStore.commit` returns it. Under torchrun
-every process keeps a store in the same ``state/`` (:mod:`afd_cli.stateindex`).
+Files are never overwritten: each write of a slot goes to a new *generation*. A checkpoint
+(1) :meth:`StateStore.commit` writes the slots changed since they were last written and returns
+an *index* naming every slot's file and its CRC-32 (:mod:`afd_cli.stateindex`); (2) the caller
+saves the index atomically inside ``checkpoint.pt``; (3) :meth:`StateStore.committed` deletes
+the generations the new index no longer names. So a kill -9 at any moment leaves a checkpoint
+whose files are all there and whole, and a checkpoint costs the clients touched since the last
+one, not every client that holds state (10^5 in a cross-device run). A file's CRC-32 is checked
+whenever it is read back and before a resume; with ``fsync`` the files an index names reach the
+disk before :meth:`StateStore.commit` returns it. Under torchrun every process keeps a store in
+the same ``state/`` (:class:`~afd_cli.stateindex.Shard`).
 
 ``dtype`` (fp32, fp16, bf16) is the precision compressor buffers are *kept* in; the
 compressors still compute in fp32 on gathered copies. Score maps keep their own float64.
@@ -37,55 +25,27 @@ compressors still compute in fp32 on gathered copies. Score maps keep their own 
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-import weakref
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from .statefiles import (
-    CHECKSUM,
-    DTYPE_NAMES,
-    DTYPES,
-    MB,
-    StateChecksumError,
-    StateFileError,
-    check_index,
-    checksum,
-    file_checksum,
-    fsync_files,
+from .statefiles import DTYPE_NAMES, DTYPES, MB, SlotFiles, check_index, file_checksum, fsync_files
+from .stateindex import (  # noqa: F401 (SlotTable, _slot_table: old pickles name them here)
+    ALONE,
+    INDEX_VERSION,
+    Shard,
+    SlotTable,
+    Space,
+    _slot_table,
+    index_of,
+    share,
+    spaces_of,
 )
-from .stateindex import ALONE, Shard, SlotTable, _slot_table, share  # noqa: F401 (old pickles)
-
-INDEX_VERSION = 2  # 2: "sums", the CRC-32 of every file (1 had sizes only)
-
-
-@dataclass
-class Space:
-    """A namespace of slots: every client's slot has ``numel`` entries of ``dtype``.
-
-    ``layout`` is the owner's description of what the flat entries are (plain data, saved in
-    the index so a resumed owner can check it still matches).
-    """
-
-    name: str
-    numel: int
-    dtype: torch.dtype
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    fill: float = 0.0
-    layout: Any = None
-    sharded: bool = False  # under torchrun only the client's owner holds it (else every process)
-
-    @property
-    def nbytes(self) -> int:
-        return self.numel * self.dtype.itemsize
 
 
 @dataclass
@@ -130,7 +90,7 @@ class StateStore:
         self.fsync = fsync
         self.shard = shard
         self.inline = True  # owners' state_dict() hold values (False inside references())
-        self._dir = Path(directory) if directory is not None else None
+        self.files = SlotFiles(directory)
         self._spaces: dict[str, Space] = {}
         self._slots: dict[str, dict[int, _Slot]] = {}
         self._lru: OrderedDict[tuple[str, int], _Slot] = OrderedDict()  # in memory, oldest first
@@ -144,8 +104,6 @@ class StateStore:
         self._gens: dict[str, SlotTable] = {}  # every written slot's newest file ...
         self._sums: dict[str, SlotTable] = {}  # ... and its CRC-32 (the index's tables)
         self.peak_resident = 0
-        self.bytes_written = 0  # every slot file written (spills and checkpoints)
-        self.bytes_read = 0
 
     # -- namespaces ---------------------------------------------------------------------------
     def space(
@@ -272,9 +230,16 @@ class StateStore:
 
     def disk_bytes(self) -> int:
         """Bytes of slot files on disk now."""
-        if self._dir is None or not self._dir.exists():
-            return 0
-        return sum(p.stat().st_size for p in self._dir.rglob("*.bin"))
+        return self.files.disk_bytes()
+
+    @property
+    def bytes_written(self) -> int:
+        """Bytes of every slot file written (spills and checkpoints)."""
+        return self.files.bytes_written
+
+    @property
+    def bytes_read(self) -> int:
+        return self.files.bytes_read
 
     # -- memory -------------------------------------------------------------------------------
     def _admit(self, ns: str, client: int, slot: _Slot) -> None:
@@ -295,27 +260,19 @@ class StateStore:
     @property
     def directory(self) -> Path:
         """Where slot files go (a temporary directory, made on first use, if none was given)."""
-        if self._dir is None:
-            self._dir = Path(tempfile.mkdtemp(prefix="afd-state-"))
-            weakref.finalize(self, shutil.rmtree, self._dir, ignore_errors=True)
-        return self._dir
+        return self.files.directory
 
     def _path(self, ns: str, client: int, gen: int) -> Path:
-        return self.directory / ns / f"c{client}_g{gen}.bin"
+        return self.files.path(ns, client, gen)
 
     def _write(self, ns: str, client: int, slot: _Slot) -> None:
         """Write the slot to a new generation file; drop its previous file unless the last
         committed index names it."""
         assert slot.flat is not None
         gen, self._next_gen = self._next_gen, self._next_gen + self.shard.size
-        path = self._path(ns, client, gen)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        raw = slot.flat.detach().cpu().contiguous().view(torch.uint8).numpy()
-        with path.open("wb") as f:
-            raw.tofile(f)
-        self.bytes_written += raw.nbytes
+        crc = self.files.write(self._path(ns, client, gen), slot.flat)
         old, slot.gen, slot.dirty = slot.gen, gen, False
-        slot.crc, slot.synced = checksum(raw), False
+        slot.crc, slot.synced = crc, False
         if self.shard.names(client):
             self._gens[ns][client], self._sums[ns][client] = gen, slot.crc
         self._written.add((ns, client))
@@ -327,13 +284,7 @@ class StateStore:
         with."""
         assert slot.gen is not None
         path = self._path(sp.name, client, slot.gen)
-        raw = np.fromfile(path, dtype=np.uint8)
-        if raw.nbytes != sp.nbytes:
-            raise StateFileError(f"{path} holds {raw.nbytes} bytes, not {sp.nbytes}")
-        if slot.crc is not None and checksum(raw) != slot.crc:
-            raise StateChecksumError(path, committed=slot.gen == slot.committed)
-        self.bytes_read += raw.nbytes
-        return torch.from_numpy(raw).view(sp.dtype)
+        return self.files.read(path, sp.numel, sp.dtype, slot.crc, slot.gen == slot.committed)
 
     def _unlink(self, ns: str, client: int, gen: int) -> None:
         self._path(ns, client, gen).unlink(missing_ok=True)
@@ -369,22 +320,7 @@ class StateStore:
         self._touched.clear()
         if self.fsync:
             self._sync()
-        return {
-            "version": INDEX_VERSION,
-            "next_gen": self._next_gen,
-            "spaces": {
-                n: {
-                    "numel": sp.numel,
-                    "dtype": DTYPE_NAMES[sp.dtype],
-                    "layout": sp.layout,
-                    "sharded": sp.sharded,
-                }
-                for n, sp in self._spaces.items()
-            },
-            "slots": {n: SlotTable(self._gens.get(n, {})) for n in self._slots},
-            "checksum": CHECKSUM,
-            "sums": {n: SlotTable(self._sums.get(n, {})) for n in self._slots},
-        }
+        return index_of(self._spaces, self._gens, self._sums, self._next_gen)
 
     def _sync(self) -> None:
         """fsync every slot file not yet on the disk (spills since the last commit, and the
@@ -431,8 +367,8 @@ class StateStore:
         self._resident = 0
         self._orphans = []
         self._next_gen = self.shard.first_gen(1)
-        if self._dir is not None and self._dir.exists() and self.shard.tidies:
-            shutil.rmtree(self._dir)
+        if self.shard.tidies:
+            self.files.remove()
 
     def restore(self, index: dict[str, Any], checked: bool = False, tidy: bool = True) -> None:
         """Continue from a checkpoint's index: its slots (on disk, read when asked for) and
@@ -448,20 +384,7 @@ class StateStore:
         self._orphans = []
         self._touched.clear()
         self._written.clear()
-        for n, meta in index["spaces"].items():
-            old = self._spaces.get(n)
-            new = (int(meta["numel"]), DTYPES[meta["dtype"]], meta["layout"])
-            if old is not None and (old.numel, old.dtype, old.layout) != new:
-                raise StateFileError(f"the checkpoint's {n!r} state does not fit this model")
-            self._spaces[n] = Space(
-                n,
-                int(meta["numel"]),
-                DTYPES[meta["dtype"]],
-                old.device if old is not None else torch.device("cpu"),
-                old.fill if old is not None else 0.0,
-                meta["layout"],
-                old.sharded if old is not None else bool(meta.get("sharded", False)),
-            )
+        self._spaces = spaces_of(index, self._spaces)
         sharded = {n for n, sp in self._spaces.items() if sp.sharded}
         kept, named = share(index, self.shard, sharded)
         self._slots = {
@@ -473,20 +396,13 @@ class StateStore:
                 if slot.crc is None:
                     slot.crc = file_checksum(self._path(n, c, slot.gen))  # type: ignore[arg-type]
         self._next_gen = self.shard.first_gen(int(index["next_gen"]))
-        self._gens = {
-            n: SlotTable((c, s.gen) for c, s in sl.items() if self.shard.names(c))
-            for n, sl in self._slots.items()
-        }
-        self._sums = {
-            n: SlotTable((c, s.crc) for c, s in sl.items() if self.shard.names(c))
-            for n, sl in self._slots.items()
-        }
         for n in self._spaces:
             self._slots.setdefault(n, {})
-            self._gens.setdefault(n, SlotTable())
-            self._sums.setdefault(n, SlotTable())
-        if self._dir is not None and self._dir.exists() and self.shard.tidies and tidy:
-            keep = {self._path(n, c, g) for n, c, g in named}
-            for p in self._dir.rglob("*.bin"):
-                if p not in keep:
-                    p.unlink()
+        mine = {
+            n: [(c, s) for c, s in sl.items() if self.shard.names(c)]
+            for n, sl in self._slots.items()
+        }
+        self._gens = {n: SlotTable((c, s.gen) for c, s in sl) for n, sl in mine.items()}
+        self._sums = {n: SlotTable((c, s.crc) for c, s in sl) for n, sl in mine.items()}
+        if self.shard.tidies and tidy and self.files.exist:
+            self.files.tidy({self._path(n, c, g) for n, c, g in named})

@@ -1,5 +1,6 @@
-"""The integrity of client-state files on disk: their CRC-32, the errors that name a missing
-or damaged file, and the check of a checkpoint's index before a resume.
+"""Client-state files on disk: where a slot's file is, how it is written and read back whole
+(:class:`SlotFiles`), its CRC-32, the errors that name a missing or damaged file, and the check
+of a checkpoint's index before a resume.
 
 Kept apart from :mod:`afd_cli.state` (which decides what lives in memory and what on disk)
 so the checkpoint reader can check an index without a store. CRC-32, not a cryptographic
@@ -10,10 +11,14 @@ hash: the damage is not adversarial, and zlib's runs at ~3.7 GB/s here, 3.5x sha
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+import weakref
 import zlib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 DTYPES: dict[str, torch.dtype] = {
@@ -58,6 +63,77 @@ def file_checksum(path: Path) -> int:
     return crc
 
 
+def slot_path(directory: Path, ns: str, client: int, gen: int) -> Path:
+    """The file of generation ``gen`` of ``client``'s slot in namespace ``ns``."""
+    return directory / ns / f"c{client}_g{gen}.bin"
+
+
+class SlotFiles:
+    """A store's slot files, in ``directory`` or, if none is given, in a temporary directory
+    made on first use and removed with this object. A file is written once, whole, and its
+    CRC-32 returned for the caller to keep; it is read back only at the size and CRC-32 it was
+    written with. Counts the bytes that went through files (a spill's real cost)."""
+
+    def __init__(self, directory: Path | str | None = None) -> None:
+        self._dir = Path(directory) if directory is not None else None
+        self.bytes_written = 0
+        self.bytes_read = 0
+
+    @property
+    def directory(self) -> Path:
+        if self._dir is None:
+            self._dir = Path(tempfile.mkdtemp(prefix="afd-state-"))
+            weakref.finalize(self, shutil.rmtree, self._dir, ignore_errors=True)
+        return self._dir
+
+    @property
+    def exist(self) -> bool:
+        """Whether the directory exists (asked without making a temporary one)."""
+        return self._dir is not None and self._dir.exists()
+
+    def path(self, ns: str, client: int, gen: int) -> Path:
+        return slot_path(self.directory, ns, client, gen)
+
+    def write(self, path: Path, values: torch.Tensor) -> int:
+        """Write ``values``' bytes to the new file ``path``; return their CRC-32."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        raw = values.detach().cpu().contiguous().view(torch.uint8).numpy()
+        with path.open("wb") as f:
+            raw.tofile(f)
+        self.bytes_written += raw.nbytes
+        return checksum(raw)
+
+    def read(
+        self, path: Path, numel: int, dtype: torch.dtype, crc: int | None, committed: bool
+    ) -> torch.Tensor:
+        """The ``numel`` values of ``dtype`` in ``path``, refused unless the file has their size
+        and the CRC-32 ``crc`` (when known; ``committed``: a saved index names the file)."""
+        raw = np.fromfile(path, dtype=np.uint8)
+        nbytes = numel * dtype.itemsize
+        if raw.nbytes != nbytes:
+            raise StateFileError(f"{path} holds {raw.nbytes} bytes, not {nbytes}")
+        if crc is not None and checksum(raw) != crc:
+            raise StateChecksumError(path, committed=committed)
+        self.bytes_read += raw.nbytes
+        return torch.from_numpy(raw).view(dtype)
+
+    def disk_bytes(self) -> int:
+        """Bytes of slot files on disk now."""
+        return sum(p.stat().st_size for p in self._dir.rglob("*.bin")) if self.exist else 0
+
+    def tidy(self, keep: set[Path]) -> None:
+        """Delete every slot file but ``keep`` (those a checkpoint's index names)."""
+        if self.exist:
+            for p in self.directory.rglob("*.bin"):
+                if p not in keep:
+                    p.unlink()
+
+    def remove(self) -> None:
+        """Delete the directory and every file in it (a run starting over)."""
+        if self.exist:
+            shutil.rmtree(self.directory)
+
+
 def fsync_path(path: Path) -> None:
     """Flush a file's or a directory's data and metadata to the disk."""
     fd = os.open(path, os.O_RDONLY)
@@ -95,7 +171,7 @@ def check_index(index: Any, directory: Path) -> None:
     for n, clients in slots.items():
         size = int(spaces[n]["numel"]) * DTYPES[spaces[n]["dtype"]].itemsize
         for c, g in clients.items():
-            path = directory / n / f"c{c}_g{g}.bin"
+            path = slot_path(directory, n, c, g)
             try:
                 ok = path.stat().st_size == size
             except OSError:

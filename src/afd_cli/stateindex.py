@@ -1,8 +1,9 @@
 """The index of a checkpoint's client-state files, and who writes and names what in it when
 the processes of a torchrun run share one ``state/`` directory.
 
-An index (made by :meth:`afd_cli.state.StateStore.commit`) names, for every slot (namespace,
-client), the file generation that holds it and its CRC-32, in :class:`SlotTable` s.
+An index (made by :meth:`afd_cli.state.StateStore.commit` through :func:`index_of`) names,
+for every slot (namespace, client), the file generation that holds it and its CRC-32, in
+:class:`SlotTable` s, and describes every namespace (:class:`Space`).
 
 Under torchrun every process keeps its own store in the run's ``state/`` (:class:`Shard`):
 
@@ -23,10 +24,83 @@ Under torchrun every process keeps its own store in the run's ``state/`` (:class
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
+
+from .statefiles import CHECKSUM, DTYPE_NAMES, DTYPES, StateFileError
+
+INDEX_VERSION = 2  # 2: "sums", the CRC-32 of every file (1 had sizes only)
+
+
+@dataclass
+class Space:
+    """A namespace of slots: every client's slot has ``numel`` entries of ``dtype``.
+
+    ``layout`` is the owner's description of what the flat entries are (plain data, saved in
+    the index so a resumed owner can check it still matches).
+    """
+
+    name: str
+    numel: int
+    dtype: torch.dtype
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    fill: float = 0.0
+    layout: Any = None
+    sharded: bool = False  # under torchrun only the client's owner holds it (else every process)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.dtype.itemsize
+
+
+def index_of(
+    spaces: dict[str, Space],
+    gens: dict[str, SlotTable],
+    sums: dict[str, SlotTable],
+    next_gen: int,
+) -> dict[str, Any]:
+    """A checkpoint's index: the namespaces, every slot's file generation and CRC-32 (the
+    tables copied: the store goes on changing its own), the next free generation."""
+    return {
+        "version": INDEX_VERSION,
+        "next_gen": next_gen,
+        "spaces": {
+            n: {
+                "numel": sp.numel,
+                "dtype": DTYPE_NAMES[sp.dtype],
+                "layout": sp.layout,
+                "sharded": sp.sharded,
+            }
+            for n, sp in spaces.items()
+        },
+        "slots": {n: SlotTable(t) for n, t in gens.items()},
+        "checksum": CHECKSUM,
+        "sums": {n: SlotTable(t) for n, t in sums.items()},
+    }
+
+
+def spaces_of(index: dict[str, Any], registered: dict[str, Space]) -> dict[str, Space]:
+    """An index's namespaces, each keeping what its owner registered and the index does not
+    record (its device and fill value), refused where the index's shape differs from it."""
+    out = dict(registered)
+    for n, meta in index["spaces"].items():
+        old = registered.get(n)
+        numel, dtype, layout = int(meta["numel"]), DTYPES[meta["dtype"]], meta["layout"]
+        if old is not None and (old.numel, old.dtype, old.layout) != (numel, dtype, layout):
+            raise StateFileError(f"the checkpoint's {n!r} state does not fit this model")
+        out[n] = Space(
+            n,
+            numel,
+            dtype,
+            old.device if old is not None else torch.device("cpu"),
+            old.fill if old is not None else 0.0,
+            layout,
+            old.sharded if old is not None else bool(meta.get("sharded", False)),
+        )
+    return out
 
 
 def owner(client: int, size: int) -> int:
