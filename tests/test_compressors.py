@@ -7,51 +7,13 @@ import math
 
 import pytest
 import torch
+from views import CNN_MNIST, ID, Rows  # pytest puts tests/ on sys.path
 
 from afd_cli.compression import RoundContext, codec, entropy_bound_bits, make
 from afd_cli.compression.base import Params
 from afd_cli.compression.sparsify import keep_count
 
-
-class Identity:
-    """FedAvg's view: the sub-model is the whole model."""
-
-    def extract(self, full: Params) -> Params:
-        return {n: t.clone() for n, t in full.items()}
-
-    def scatter_(self, full: Params, sub: Params) -> None:
-        for n, t in sub.items():
-            full[n].copy_(t)
-
-
-class Rows:
-    """A fake sub-model view: keeps the given rows (dim 0) of every tensor."""
-
-    def __init__(self, rows: list[int], full_shapes: dict[str, tuple[int, ...]] | None = None):
-        self.rows = torch.tensor(rows)
-        if full_shapes is not None:
-            self.full_shapes = full_shapes
-
-    def extract(self, full: Params) -> Params:
-        return {n: t[self.rows].clone() for n, t in full.items()}
-
-    def scatter_(self, full: Params, sub: Params) -> None:
-        for n, t in sub.items():
-            full[n][self.rows] = t
-
-
-ID = Identity()
 SHAPES = {"w": (64, 40), "b": (64,)}
-CNN_MNIST = {
-    "conv1.weight": (32, 1, 5, 5),
-    "conv1.bias": (32,),
-    "conv2.weight": (64, 32, 5, 5),
-    "conv2.bias": (64,),
-    "fc1.weight": (512, 3136),
-    "fc1.bias": (512,),
-    "fc2.weight": (10, 512),
-    "fc2.bias": (10,),
-}
 
 
 def _params(seed: int, shapes: dict[str, tuple[int, ...]] = SHAPES, scale: float = 1.0) -> Params:

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from views import ID  # pytest puts tests/ on sys.path
 
 from afd_cli.compression import RoundContext, codec, make
 from afd_cli.compression.base import Params
@@ -15,20 +16,6 @@ from afd_cli.compression.sparsify import (
     topk_indices,
     warmup_sparsity,
 )
-
-
-class Identity:
-    """FedAvg's view: the sub-model is the whole model."""
-
-    def extract(self, full: Params) -> Params:
-        return {n: t.clone() for n, t in full.items()}
-
-    def scatter_(self, full: Params, sub: Params) -> None:
-        for n, t in sub.items():
-            full[n].copy_(t)
-
-
-ID = Identity()
 
 
 def _cfg(**kw: object) -> dict[str, object]:

@@ -26,6 +26,7 @@ import math
 
 import pytest
 import torch
+from views import Identity  # pytest puts tests/ on sys.path
 
 from afd_cli.compression import RoundContext, codec, make
 from afd_cli.models import build as build_model
@@ -161,17 +162,6 @@ def reference(params: dict[str, torch.Tensor], ratio: float, masking: bool, fp16
     memory.initialize(params.items())
     comp.initialize((n, p) for n, p in params.items() if p.dim() > 1)
     return comp
-
-
-class Identity:
-    """FedAvg's view: the sub-model is the whole model."""
-
-    def extract(self, full):
-        return {n: t.clone() for n, t in full.items()}
-
-    def scatter_(self, full, sub):
-        for n, t in sub.items():
-            full[n].copy_(t)
 
 
 SHAPES = {

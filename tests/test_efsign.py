@@ -8,35 +8,9 @@ import struct
 import numpy as np
 import pytest
 import torch
+from views import ID, Rows  # pytest puts tests/ on sys.path
 
 from afd_cli.compression import RoundContext, codec, make
-from afd_cli.compression.base import Params
-
-
-class Identity:
-    def extract(self, full: Params) -> Params:
-        return {n: t.clone() for n, t in full.items()}
-
-    def scatter_(self, full: Params, sub: Params) -> None:
-        for n, t in sub.items():
-            full[n].copy_(t)
-
-
-class Rows:
-    """A sub-model view keeping some rows of every tensor."""
-
-    def __init__(self, rows: list[int]) -> None:
-        self.rows = torch.tensor(rows)
-
-    def extract(self, full: Params) -> Params:
-        return {n: t[self.rows].clone() for n, t in full.items()}
-
-    def scatter_(self, full: Params, sub: Params) -> None:
-        for n, t in sub.items():
-            full[n][self.rows] = t
-
-
-ID = Identity()
 
 
 def test_exact_bytes_of_a_known_update() -> None:

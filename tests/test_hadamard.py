@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from views import CNN_MNIST, ID  # pytest puts tests/ on sys.path
 
 from afd_cli.compression import RoundContext, codec, hadamard, make
 from afd_cli.compression.base import Params
@@ -16,27 +17,7 @@ from afd_cli.compression.lossy import HadamardCompressor
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-class Identity:
-    def extract(self, full: Params) -> Params:
-        return {n: t.clone() for n, t in full.items()}
-
-    def scatter_(self, full: Params, sub: Params) -> None:
-        for n, t in sub.items():
-            full[n].copy_(t)
-
-
-ID = Identity()
 SHAPES = {"w": (96, 70), "b": (96,), "v": (3000,)}
-CNN_MNIST = {
-    "conv1.weight": (32, 1, 5, 5),
-    "conv1.bias": (32,),
-    "conv2.weight": (64, 32, 5, 5),
-    "conv2.bias": (64,),
-    "fc1.weight": (512, 3136),
-    "fc1.bias": (512,),
-    "fc2.weight": (10, 512),
-    "fc2.bias": (10,),
-}
 
 
 def _x(n: int, seed: int = 0) -> torch.Tensor:

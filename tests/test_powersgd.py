@@ -9,37 +9,11 @@ import struct
 import numpy as np
 import pytest
 import torch
+from views import ID, Cols  # pytest puts tests/ on sys.path
 
 from afd_cli.compression import RoundContext, codec, make
-from afd_cli.compression.base import Params
 from afd_cli.compression.coded import UP
 from afd_cli.compression.powersgd import EPSILON, LowRank, _Columns
-
-
-class Identity:
-    def extract(self, full: Params) -> Params:
-        return {n: t.clone() for n, t in full.items()}
-
-    def scatter_(self, full: Params, sub: Params) -> None:
-        for n, t in sub.items():
-            full[n].copy_(t)
-
-
-class Cols:
-    """A sub-model view keeping some input columns (dim 1) of every tensor."""
-
-    def __init__(self, cols: list[int]) -> None:
-        self.cols = torch.tensor(cols)
-
-    def extract(self, full: Params) -> Params:
-        return {n: t[:, self.cols].clone() for n, t in full.items()}
-
-    def scatter_(self, full: Params, sub: Params) -> None:
-        for n, t in sub.items():
-            full[n][:, self.cols] = t
-
-
-ID = Identity()
 
 
 def test_exact_bytes_and_a_rank_one_update_arrives_whole() -> None:

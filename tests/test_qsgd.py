@@ -9,22 +9,10 @@ import struct
 import numpy as np
 import pytest
 import torch
+from views import ID  # pytest puts tests/ on sys.path
 
 from afd_cli.compression import RoundContext, codec, elias, make
-from afd_cli.compression.base import Params
 from afd_cli.compression.qsgd import QSGDRecord, quantize
-
-
-class Identity:
-    def extract(self, full: Params) -> Params:
-        return {n: t.clone() for n, t in full.items()}
-
-    def scatter_(self, full: Params, sub: Params) -> None:
-        for n, t in sub.items():
-            full[n].copy_(t)
-
-
-ID = Identity()
 
 # Elias omega codes as tabulated (Elias 1975; e.g. Wikipedia, "Elias omega coding")
 OMEGA = {
