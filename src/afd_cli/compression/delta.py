@@ -30,14 +30,14 @@ always what the client has decoded.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 
 from . import codec
 from .base import Params, View
-from .state import ClientStore, Shapes, StateStore
+from .downlink import CopyDownlink
+from .state import Shapes, StateStore
 
 # the compressor's code: {name: difference} -> {name: record}, on the tensors that need one
 Code = Callable[[Params], dict[str, object]]
@@ -50,7 +50,7 @@ def dense_of(rec: object) -> torch.Tensor:
     return rec.to_dense()  # type: ignore[attr-defined]
 
 
-class DeltaDownlink:
+class DeltaDownlink(CopyDownlink):
     """Per-client copies plus a lossy code of the difference to them."""
 
     def __init__(
@@ -61,13 +61,10 @@ class DeltaDownlink:
         store: StateStore | None = None,
         gain: Callable[[object], float] | None = None,
     ) -> None:
-        if first_copy not in ("fp32", "fp16", "q8"):
-            raise ValueError(f"first_copy must be fp32, fp16 or q8, got {first_copy!r}")
+        super().__init__(shapes, first_copy, store)
         self.dense_below = dense_below
-        self.first_copy = first_copy
         self.patch = "fp16" if first_copy == "fp16" else "fp32"
         self.gain = gain  # the share of a code's record the client applies (default 1)
-        self.copies = ClientStore(("w",), shapes, fill=math.nan, store=store, name="down")
 
     def encode(self, client: int, weights: Params, view: View, code: Code) -> bytes:
         """Sub-model ``weights`` -> payload: per tensor a first copy, a dense difference, or
@@ -102,9 +99,7 @@ class DeltaDownlink:
     def decode(self, client: int, payload: bytes, view: View, names: list[str]) -> Params:
         """Apply a payload to the client's copy; returns the weights the client now has."""
         records = iter(codec.decode(payload))
-        if client not in self.copies:
-            raise RuntimeError(f"client {client}: downlink payload decoded before encode")
-        copy = self.copies.extract(client, view)["w"]
+        copy = self.held(client, view)
         out: Params = {}
         for name in names:
             have = copy[name]
@@ -112,10 +107,7 @@ class DeltaDownlink:
             if rec is None:
                 raise ValueError(f"downlink payload ends before {name}")
             if isinstance(rec, codec.Dense):
-                if bool(torch.isnan(have).all()):
-                    new = rec.values.reshape(have.shape).clone()
-                else:
-                    new = torch.nan_to_num(have, nan=0.0) + rec.values.reshape(have.shape)
+                new = self.plus_dense(have, rec)
             elif isinstance(rec, codec.Sparse):
                 body = next(records, None)
                 if body is None:
@@ -130,5 +122,4 @@ class DeltaDownlink:
             out[name] = new
         if next(records, None) is not None:
             raise ValueError("downlink payload has more records than tensors")
-        self.copies.scatter(client, view, "w", out)
-        return {name: t.clone() for name, t in out.items()}
+        return self.hold(client, view, out)

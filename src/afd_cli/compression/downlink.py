@@ -30,9 +30,43 @@ from .base import Params, View
 from .sparsify import keep_count, sent_whole, topk_indices
 from .state import ClientStore, Shapes, StateStore, np_view
 
+FIRST_COPY = ("fp32", "fp16", "q8")
 
-class SparseDownlink:
-    """Per-client copies plus the delta encoding against them."""
+
+class CopyDownlink:
+    """What the delta downlinks share (this module's top-k, :mod:`.delta`'s lossy codes): the
+    server's copy of the weights each client last decoded (NaN: never received), in
+    full-model coordinates in the run's store, and how a decoded payload updates it."""
+
+    def __init__(self, shapes: Shapes | None, first_copy: str, store: StateStore | None) -> None:
+        if first_copy not in FIRST_COPY:
+            raise ValueError(f"first_copy must be fp32, fp16 or q8, got {first_copy!r}")
+        self.first_copy = first_copy
+        self.copies = ClientStore(("w",), shapes, fill=math.nan, store=store, name="down")
+
+    def held(self, client: int, view: View) -> Params:
+        """The client's copy in sub-model shape, to apply a payload to."""
+        if client not in self.copies:
+            raise RuntimeError(f"client {client}: downlink payload decoded before encode")
+        return self.copies.extract(client, view)["w"]
+
+    def hold(self, client: int, view: View, weights: Params) -> Params:
+        """The client now holds ``weights`` (decoded): keep them as its copy; return the
+        weights it trains from (its own tensors)."""
+        self.copies.scatter(client, view, "w", weights)
+        return {name: t.clone() for name, t in weights.items()}
+
+    @staticmethod
+    def plus_dense(have: torch.Tensor, rec: codec.Dense) -> torch.Tensor:
+        """A copy after a dense record: the record itself on first contact (``have`` all NaN),
+        else ``have`` plus the difference it holds."""
+        if bool(torch.isnan(have).all()):
+            return rec.values.reshape(have.shape).clone()
+        return torch.nan_to_num(have, nan=0.0) + rec.values.reshape(have.shape)
+
+
+class SparseDownlink(CopyDownlink):
+    """Per-client copies plus the top-k delta encoding against them."""
 
     def __init__(
         self,
@@ -43,15 +77,12 @@ class SparseDownlink:
         store: StateStore | None = None,
         ceil: bool = False,
     ) -> None:
-        if first_copy not in ("fp32", "fp16", "q8"):
-            raise ValueError(f"first_copy must be fp32, fp16 or q8, got {first_copy!r}")
+        super().__init__(shapes, first_copy, store)
         self.values = values
         # which tensors go as a dense difference: sparsify.sent_whole's (rule, dense_below)
         self.dense = dense
         self.ceil = ceil  # k rule (sparsify.keep_count)
-        self.first_copy = first_copy
         self.dense_diff = values if first_copy == "fp32" else first_copy
-        self.copies = ClientStore(("w",), shapes, fill=math.nan, store=store, name="down")
         self.sent = 0  # entries sent since the last reset (for optional stats)
         self.total = 0
 
@@ -89,20 +120,13 @@ class SparseDownlink:
         records = codec.decode(payload)
         if len(records) != len(names):
             raise ValueError(f"payload has {len(records)} tensors, expected {len(names)}")
-        if client not in self.copies:
-            raise RuntimeError(f"client {client}: downlink payload decoded before encode")
-        copy = self.copies.extract(client, view)["w"]
+        copy = self.held(client, view)
         out: Params = {}
         for name, rec in zip(names, records, strict=True):
             have = copy[name]
-            if isinstance(rec, codec.Dense) and bool(torch.isnan(have).all()):
-                new = rec.values.reshape(have.shape).clone()
+            if isinstance(rec, codec.Dense):
+                out[name] = self.plus_dense(have, rec)
             else:
-                new = torch.nan_to_num(have, nan=0.0)
-                if isinstance(rec, codec.Dense):
-                    new += rec.values.reshape(have.shape)
-                else:
-                    new.view(-1)[rec.indices] += rec.values
-            out[name] = new
-        self.copies.scatter(client, view, "w", out)
-        return {name: t.clone() for name, t in out.items()}
+                out[name] = torch.nan_to_num(have, nan=0.0)
+                out[name].view(-1)[rec.indices] += rec.values
+        return self.hold(client, view, out)
