@@ -49,3 +49,53 @@ def test_paper_runs_remake_the_committed_time_by_network_table(tmp_path):
         committed.splitlines(), made.splitlines(), "committed", "re-made", lineterm=""
     )
     assert made == committed, "\n".join(diff)  # byte for byte (measured: identical)
+
+
+def _tables(markdown: str) -> list[list[list[str]]]:
+    """Every table of ``markdown``, as rows of cells (header and alignment rows included)."""
+    tables: list[list[list[str]]] = []
+    prev = False
+    for line in markdown.splitlines():
+        row = line.startswith("|")
+        if row:
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if not prev:
+                tables.append([])
+            tables[-1].append(cells)
+        prev = row
+    return tables
+
+
+def _rows(table: list[list[str]], drop: set[str]) -> list[str]:
+    """A table's data rows as the page writes them, without the columns named in ``drop``."""
+    keep = [i for i, h in enumerate(table[0]) if h not in drop]
+    return ["| " + " | ".join(r[i] for i in keep) + " |" for r in table[2:]]
+
+
+HETERO = RESULTS / "hetero-widths.md"
+# the columns the page leaves out: the same on every row, or split into "MB to target"
+HETERO_DROP = {"dataset", "model", "partition", "rounds", "target %", "MB up", "MB down"}
+
+
+@pytest.mark.slow
+def test_hetero_runs_remake_the_rows_of_the_hetero_page(tmp_path):
+    """docs/results/hetero-widths.md's two MNIST tables come from ``afd report`` over the
+    committed ``hetero_*`` runs (42: 14 configurations x 3 seeds), row for row."""
+    runs = sorted(RESULTS.glob("runs/hetero_*_s*"))
+    assert len(runs) == 42
+    page = HETERO.read_text()
+    assert "afd report docs/results/runs/hetero_*_s* -o " in page
+    out = tmp_path / "hetero"
+    p = subprocess.run(
+        [*AFD, "report", *map(str, runs), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    main, widths = _tables((out / "report.md").read_text())[:2]
+    made = _rows(main, HETERO_DROP) + _rows(widths, set())
+    assert len(made) == 28
+    missing = [r for r in made if r not in page]
+    assert not missing, "\n".join(missing)
