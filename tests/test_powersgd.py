@@ -9,7 +9,7 @@ import struct
 import numpy as np
 import pytest
 import torch
-from views import ID, Cols  # pytest puts tests/ on sys.path
+from views import CNN_MNIST, ID, Cols  # pytest puts tests/ on sys.path
 
 from afd_cli.compression import RoundContext, codec, make
 from afd_cli.compression.coded import UP
@@ -143,18 +143,6 @@ def test_downlink_converges_to_a_fixed_model() -> None:
         errs.append(float((got["w"] - moved["w"]).norm()))
     assert errs[-1] < 0.2 * errs[0]
     assert math.isfinite(errs[-1])
-
-
-CNN_MNIST = {
-    "conv1.weight": (32, 1, 5, 5),
-    "conv1.bias": (32,),
-    "conv2.weight": (64, 32, 5, 5),
-    "conv2.bias": (64,),
-    "fc1.weight": (512, 3136),
-    "fc1.bias": (512,),
-    "fc2.weight": (10, 512),
-    "fc2.bias": (10,),
-}
 
 
 @pytest.mark.parametrize(
