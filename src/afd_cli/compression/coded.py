@@ -29,6 +29,7 @@ from ..options import ConfigError, option
 from . import codec
 from .base import CompressionOptions, Compressor, Params, RoundContext, View
 from .delta import DeltaDownlink, dense_of
+from .downlink import FIRST_COPY
 from .state import ClientStore
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ class CodedOptions(CompressionOptions):
     first_copy: str = option(
         "fp32",
         "downlink: format of a client's first copy of a tensor",
-        choices=("fp32", "fp16", "q8"),
+        choices=FIRST_COPY,
         strict=True,
     )
 

@@ -30,7 +30,7 @@ from .. import registry
 from ..options import ConfigError, option
 from . import codec
 from .base import CompressionOptions, Compressor, Params, RoundContext, View
-from .downlink import SparseDownlink
+from .downlink import FIRST_COPY, SparseDownlink
 from .sparsify import DENSE_RULES, keep_count, sent_whole, topk_indices, torch_topk_indices
 from .state import ClientStore, np_view
 
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
     from ..registry import Setup
 
 BACKENDS = ("numpy", "torch")
-VALUE_FORMATS = ("fp32", "fp16", "q8")
 
 
 @dataclass
@@ -70,7 +69,7 @@ class SparseOptions(CompressionOptions):
     first_copy: str = option(
         "fp32",
         "downlink: format of dense records (first copies, small tensors)",
-        choices=VALUE_FORMATS,
+        choices=FIRST_COPY,
         strict=True,
     )
 
