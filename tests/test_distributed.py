@@ -176,6 +176,8 @@ def test_two_processes_give_the_one_process_run(refs, two, name):
     ref = json.loads((refs[name] / "summary.json").read_text())
     assert summary["processes"] == 2 and ref["processes"] == 1
     assert summary["compressor_state_bytes"] == ref["compressor_state_bytes"]
+    # each process holds its own clients' state: the summary adds them up, not rank 0's alone
+    assert summary["client_state_bytes"] == ref["client_state_bytes"]
     if name == "fedavg-skip":
         assert metrics(run_dir)["skipped"].sum() > 0  # the case it is there for happened
     # rank 0 alone wrote the directory, and only once; every process its clients' state

@@ -219,6 +219,13 @@ class StateStore:
             len(self._slots.get(n, {})) * self._spaces[n].nbytes for n in names if n in self._spaces
         )
 
+    def sharded_nbytes(self) -> tuple[int, int]:
+        """Bytes of the sharded namespaces (each process holds its own clients') and of the
+        others (every process holds all of them alike): what a sum over processes needs."""
+        sharded = {n for n, sp in self._spaces.items() if sp.sharded}
+        own = sum(self.nbytes(n) for n in sharded)
+        return own, self.nbytes() - own
+
     def resident(self, ns: str) -> list[int]:
         """Clients of ``ns`` whose slot is in memory now."""
         return sorted(c for n, c in self._lru if n == ns)

@@ -87,6 +87,7 @@ def summarize(
     cfg, clocked = sim.cfg, sim.clock is not None
     target = TARGET_SHARE * state.best_acc if state.best_acc is not None else None
     client_bytes = distributed.total(sim.compressor.state_nbytes(), "adding up the state")
+    own_state, alike = sim.store.sharded_nbytes()
     majority = majority_share(sim.test.labels)
     # the first round whose train loss was 1000x round 1's, or None (rank 0 has the file)
     exploded = first_and_explosion(run_dir / METRICS)[1] if lead else None
@@ -120,8 +121,13 @@ def summarize(
         "loss_explosion": exploded,
         "degenerate": degenerate,  # why the run means little (run/degenerate.py), or None
         "compressor_state_bytes": client_bytes + sim.fed.server.nbytes(),
-        "client_state_bytes": sim.store.nbytes(),  # all per-client state, memory and disk
-        "client_state_peak_memory_bytes": sim.store.peak_resident,  # this process's peak
+        # all per-client state, memory and disk: under torchrun each process's own clients'
+        # (summed) and the state every process holds alike (once)
+        "client_state_bytes": distributed.total(own_state, "adding up client state") + alike,
+        # memory: each process's peak, summed (they need not coincide; shared state in each)
+        "client_state_peak_memory_bytes": distributed.total(
+            sim.store.peak_resident, "adding up peak state memory"
+        ),
         "client_state_disk_bytes": sim.store.disk_bytes(),
         "device": str(sim.device),
         "cpu": cpu_identity(),  # what decides the kernels' numbers (docs: reproducibility)
