@@ -99,3 +99,36 @@ def test_hetero_runs_remake_the_rows_of_the_hetero_page(tmp_path):
     assert len(made) == 28
     missing = [r for r in made if r not in page]
     assert not missing, "\n".join(missing)
+
+
+CODECS = RESULTS / "codecs.md"
+# the codec runs committed so far: the page's "N runs" and its seeds column agree with it
+CODEC_RUNS = 4
+CODEC_BASELINES = ("paper_fedavg_none_s*", "paper_fd_none_s*", "afd_rule_multi_paper_s*")
+CODEC_DROP = {"dataset", "model", "partition", "rounds", "target %"}
+
+
+@pytest.mark.slow
+def test_codec_runs_remake_the_rows_of_the_codec_page(tmp_path):
+    """docs/results/codecs.md's table comes from ``afd report`` over the committed
+    ``codecs_*`` runs and the uncompressed paper-setting runs they are compared with."""
+    runs = sorted(RESULTS.glob("runs/codecs_*_s*"))
+    assert len(runs) == CODEC_RUNS
+    base = [p for pattern in CODEC_BASELINES for p in sorted(RESULTS.glob(f"runs/{pattern}"))]
+    assert len(base) == 9  # three configurations x seeds 0-2
+    page = CODECS.read_text()
+    assert f"**{CODEC_RUNS} codec runs**" in page
+    assert "afd report docs/results/runs/codecs_*_s* docs/results/runs/paper_fedavg_none_s*" in page
+    out = tmp_path / "codecs"
+    p = subprocess.run(
+        [*AFD, "report", *map(str, runs + base), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    made = _rows(_tables((out / "report.md").read_text())[0], CODEC_DROP)
+    assert len(made) == 3 + len({r.name.rsplit("_s", 1)[0] for r in runs})
+    missing = [r for r in made if r not in page]
+    assert not missing, "\n".join(missing)
