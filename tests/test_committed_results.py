@@ -73,6 +73,19 @@ def _rows(table: list[list[str]], drop: set[str]) -> list[str]:
     return ["| " + " | ".join(r[i] for i in keep) + " |" for r in table[2:]]
 
 
+def _report_md(runs: list[Path], out: Path) -> str:
+    """``afd report RUNS -o OUT`` (exit 0 asserted); its report.md."""
+    p = subprocess.run(
+        [*AFD, "report", *map(str, runs), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    return (out / "report.md").read_text()
+
+
 HETERO = RESULTS / "hetero-widths.md"
 # the columns the page leaves out: the same on every row, or split into "MB to target"
 HETERO_DROP = {"dataset", "model", "partition", "rounds", "target %", "MB up", "MB down"}
@@ -86,16 +99,7 @@ def test_hetero_runs_remake_the_rows_of_the_hetero_page(tmp_path):
     assert len(runs) == 42
     page = HETERO.read_text()
     assert "afd report docs/results/runs/hetero_*_s* -o " in page
-    out = tmp_path / "hetero"
-    p = subprocess.run(
-        [*AFD, "report", *map(str, runs), "-o", str(out)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=600,
-    )
-    assert p.returncode == 0, p.stderr[-3000:]
-    main, widths = _tables((out / "report.md").read_text())[:2]
+    main, widths = _tables(_report_md(runs, tmp_path / "hetero"))[:2]
     made = _rows(main, HETERO_DROP) + _rows(widths, set())
     assert len(made) == 28
     missing = [r for r in made if r not in page]
@@ -121,16 +125,7 @@ def test_codec_runs_remake_the_rows_of_the_codec_page(tmp_path):
     page = CODECS.read_text()
     assert f"**{CODEC_RUNS} codec runs**" in page
     assert "afd report docs/results/runs/codecs_*_s* docs/results/runs/paper_fedavg_none_s*" in page
-    out = tmp_path / "codecs"
-    p = subprocess.run(
-        [*AFD, "report", *map(str, runs + base), "-o", str(out)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=600,
-    )
-    assert p.returncode == 0, p.stderr[-3000:]
-    made = _rows(_tables((out / "report.md").read_text())[0], CODEC_DROP)
+    made = _rows(_tables(_report_md(runs + base, tmp_path / "codecs"))[0], CODEC_DROP)
     assert len(made) == 3 + len({r.name.rsplit("_s", 1)[0] for r in runs})
     missing = [r for r in made if r not in page]
     assert not missing, "\n".join(missing)
