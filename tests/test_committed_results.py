@@ -131,16 +131,37 @@ def test_codec_runs_remake_the_rows_of_the_codec_page(tmp_path):
     assert not missing, "\n".join(missing)
 
 
+@pytest.mark.slow
+def test_powersgd_rank_runs_remake_the_rank_rows_of_the_codec_page(tmp_path):
+    """The codec page's PowerSGD-rank table: ``afd report`` over the rank 4 (seed 0) and rank 8
+    (seeds 0-2) runs, rank 2's runs and dense FedAvg's, so the target is the main table's."""
+    runs = sorted(RESULTS.glob("runs/powersgd_rank*_s*"))
+    assert len(runs) == 8  # upload only and both links: rank 4 on one seed, rank 8 on three
+    base = sorted(RESULTS.glob("runs/codecs_fedavg_powersgd_*_s*"))
+    base += sorted(RESULTS.glob("runs/paper_fedavg_none_s*"))
+    page = CODECS.read_text()
+    command = (
+        "afd report docs/results/runs/powersgd_rank*_s* "
+        "docs/results/runs/codecs_fedavg_powersgd_*_s* docs/results/runs/paper_fedavg_none_s*"
+    )
+    assert command in page
+    made = _rows(_tables(_report_md(runs + base, tmp_path / "rank"))[0], CODEC_DROP)
+    assert len(made) == 7  # dense FedAvg + ranks 2, 4, 8 on each link setting
+    missing = [r for r in made if r not in page]
+    assert not missing, "\n".join(missing)
+
+
 def test_the_codec_page_splits_the_bytes_as_its_script_does():
-    """The page's "where the bytes go" table is ``docs/results/codec_bytes.py`` over the runs."""
+    """The page's "where the bytes go" tables are ``docs/results/codec_bytes.py`` over the codec
+    runs and over the PowerSGD-rank runs."""
     spec = importlib.util.spec_from_file_location("codec_bytes", RESULTS / "codec_bytes.py")
     assert spec is not None and spec.loader is not None
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     page = CODECS.read_text()
-    command = f"python docs/results/codec_bytes.py {CODEC_TARGET} docs/results/runs/codecs_*_s*"
-    assert command in page
-    rows = script.main(float(CODEC_TARGET), sorted(RESULTS.glob("runs/codecs_*_s*"))).splitlines()
-    assert len(rows) == 2 + len({r.name.rsplit("_s", 1)[0] for r in RESULTS.glob("runs/codecs_*")})
-    missing = [r for r in rows[2:] if r not in page]
-    assert not missing, "\n".join(missing)
+    for runs, groups in (("codecs_*_s*", 18), ("powersgd_rank*_s*", 4)):
+        assert f"python docs/results/codec_bytes.py {CODEC_TARGET} docs/results/runs/{runs}" in page
+        rows = script.main(float(CODEC_TARGET), sorted(RESULTS.glob(f"runs/{runs}"))).splitlines()
+        assert len(rows) == 2 + groups
+        missing = [r for r in rows[2:] if r not in page]
+        assert not missing, "\n".join(missing)
