@@ -107,7 +107,7 @@ def test_hetero_runs_remake_the_rows_of_the_hetero_page(tmp_path):
 
 
 CODECS = RESULTS / "codecs.md"
-# the codec runs committed so far: the page's "N runs" and its seeds column agree with it
+# the codec runs (all of jobs_codecs.txt): the page's "N codec runs" says it
 CODEC_RUNS = 54
 CODEC_BASELINES = ("paper_fedavg_none_s*", "paper_fd_none_s*", "afd_rule_multi_paper_s*")
 CODEC_DROP = {"dataset", "model", "partition", "rounds", "target %"}
