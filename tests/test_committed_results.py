@@ -86,6 +86,12 @@ def _report_md(runs: list[Path], out: Path) -> str:
     return (out / "report.md").read_text()
 
 
+def _assert_on_page(rows: list[str], page: str) -> None:
+    """Every re-made row appears verbatim on the page (the ones that do not, listed)."""
+    missing = [r for r in rows if r not in page]
+    assert not missing, "\n".join(missing)
+
+
 HETERO = RESULTS / "hetero-widths.md"
 # the columns the page leaves out: the same on every row, or split into "MB to target"
 HETERO_DROP = {"dataset", "model", "partition", "rounds", "target %", "MB up", "MB down"}
@@ -102,8 +108,7 @@ def test_hetero_runs_remake_the_rows_of_the_hetero_page(tmp_path):
     main, widths = _tables(_report_md(runs, tmp_path / "hetero"))[:2]
     made = _rows(main, HETERO_DROP) + _rows(widths, set())
     assert len(made) == 28
-    missing = [r for r in made if r not in page]
-    assert not missing, "\n".join(missing)
+    _assert_on_page(made, page)
 
 
 CODECS = RESULTS / "codecs.md"
@@ -127,8 +132,7 @@ def test_codec_runs_remake_the_rows_of_the_codec_page(tmp_path):
     assert "afd report docs/results/runs/codecs_*_s* docs/results/runs/paper_fedavg_none_s*" in page
     made = _rows(_tables(_report_md(runs + base, tmp_path / "codecs"))[0], CODEC_DROP)
     assert len(made) == 3 + len({r.name.rsplit("_s", 1)[0] for r in runs})
-    missing = [r for r in made if r not in page]
-    assert not missing, "\n".join(missing)
+    _assert_on_page(made, page)
 
 
 @pytest.mark.slow
@@ -148,8 +152,7 @@ def test_powersgd_rank_runs_remake_the_rank_rows_of_the_codec_page(tmp_path):
     assert command in page
     made = _rows(_tables(_report_md(runs + base, tmp_path / "rank"))[0], CODEC_DROP)
     assert len(made) == 13  # dense FedAvg; rank 2: 6; rank 4: 2; rank 8: 4
-    missing = [r for r in made if r not in page]
-    assert not missing, "\n".join(missing)
+    _assert_on_page(made, page)
 
 
 def test_the_codec_page_splits_the_bytes_as_its_script_does():
@@ -164,5 +167,4 @@ def test_the_codec_page_splits_the_bytes_as_its_script_does():
         assert f"python docs/results/codec_bytes.py {CODEC_TARGET} docs/results/runs/{runs}" in page
         rows = script.main(float(CODEC_TARGET), sorted(RESULTS.glob(f"runs/{runs}"))).splitlines()
         assert len(rows) == 2 + groups
-        missing = [r for r in rows[2:] if r not in page]
-        assert not missing, "\n".join(missing)
+        _assert_on_page(rows[2:], page)
